@@ -1,1 +1,44 @@
-//! placeholder
+//! Palisade: the production patterns async Rust services end up hand-writing, as tower layers
+//! and companion crates that stay correct under failure.
+//!
+//! This facade re-exports the suite's crates, one feature per crate, so that one dependency
+//! brings what an application needs:
+//!
+//! ```toml
+//! [dependencies]
+//! palisade = { version = "0.1", features = ["full"] }
+//! ```
+//!
+//! | feature | crate | what it gives |
+//! |---|---|---|
+//! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
+//! | `http` | | HTTP classifiers and 429/503 rejection responses |
+//! | `metrics` | | a listener that records events through the `metrics` facade |
+//! | `full` | | everything above |
+//!
+//! The layers (`CircuitBreakerLayer`, `RateLimitLayer`, `RetryLayer`, `ConcurrencyPoolLayer`,
+//! `ShutdownLayer`) and the companion crates (jobs, WebSocket, upload, lock, events, batch) get
+//! their features as they land; the README's status table says which exist today.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "core")]
+//! # fn main() -> Result<(), palisade::core::backoff::BackoffError> {
+//! use std::time::Duration;
+//! use palisade::core::{Backoff, Jitter};
+//!
+//! let backoff = Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(2))?
+//!     .with_jitter(Jitter::Equal);
+//! for delay in backoff.delays().take(5) {
+//!     assert!(delay <= Duration::from_secs(2));
+//! }
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "core"))]
+//! # fn main() {}
+//! ```
+
+#[cfg(feature = "core")]
+#[doc(inline)]
+pub use palisade_core as core;

@@ -1,0 +1,30 @@
+//! The facade re-exports each crate under its feature.
+
+#[cfg(feature = "core")]
+#[test]
+fn core_is_reexported_with_its_prelude_types() {
+    use palisade::core::{Backoff, BoxError, Rejection, reject::RateLimited};
+    use std::time::Duration;
+
+    assert_eq!(Backoff::default(), palisade_core_default());
+    let error: BoxError = RateLimited::new(Duration::from_secs(1)).into();
+    assert!(Rejection::find(&*error).is_some());
+}
+
+#[cfg(feature = "core")]
+fn palisade_core_default() -> palisade::core::Backoff {
+    use palisade::core::{Backoff, Jitter};
+    use std::time::Duration;
+    Backoff::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(10))
+        .expect("valid")
+        .with_jitter(Jitter::Full)
+}
+
+#[cfg(all(feature = "core", feature = "http"))]
+#[test]
+fn http_feature_reaches_core() {
+    use palisade::core::reject::{Rejection, ShuttingDown};
+    let shutting_down = ShuttingDown::new();
+    let response = Rejection::ShuttingDown(&shutting_down).to_response::<()>();
+    assert_eq!(response.status(), 503);
+}
