@@ -249,12 +249,18 @@ impl Backoff {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
+        let (grown, cap_nanos) = match self.curve {
+            Curve::Exponential { base, cap, .. } => (base.as_nanos() as f64, cap.as_nanos() as f64),
+            Curve::Constant { .. } | Curve::Linear { .. } => (0.0, 0.0),
+        };
         Delays {
             backoff: *self,
             rng,
             retries: 0,
             slept: Duration::ZERO,
             previous: self.base(),
+            grown,
+            cap_nanos,
             done: false,
         }
     }
@@ -272,26 +278,6 @@ impl Backoff {
         match self.curve {
             Curve::Constant { delay } => delay,
             Curve::Linear { cap, .. } | Curve::Exponential { cap, .. } => cap,
-        }
-    }
-
-    /// The delay before the `retry`-th retry (from 0) before jitter.
-    fn nominal(&self, retry: u32) -> Duration {
-        match self.curve {
-            Curve::Constant { delay } => delay,
-            Curve::Linear { base, step, cap } => step
-                .checked_mul(retry)
-                .and_then(|grown| base.checked_add(grown))
-                .map_or(cap, |d| d.min(cap)),
-            Curve::Exponential { base, factor, cap } => {
-                let exponent = i32::try_from(retry).unwrap_or(i32::MAX);
-                let nanos = base.as_nanos() as f64 * factor.powi(exponent);
-                if nanos < cap.as_nanos() as f64 {
-                    Duration::try_from_secs_f64(nanos / 1e9).map_or(cap, |d| d.min(cap))
-                } else {
-                    cap
-                }
-            }
         }
     }
 }
@@ -319,6 +305,10 @@ pub struct Delays {
     retries: u32,
     slept: Duration,
     previous: Duration,
+    /// Exponential curves: `base·factorⁿ` in nanoseconds for the next retry, grown by one
+    /// multiplication per retry (no `powi`), and the cap in the same unit.
+    grown: f64,
+    cap_nanos: f64,
     done: bool,
 }
 
@@ -347,6 +337,12 @@ impl Delays {
         self.retries = self.retries.saturating_add(1);
         self.slept = self.slept.saturating_add(delay);
         self.previous = delay;
+        if let Curve::Exponential { factor, .. } = self.backoff.curve {
+            // Stops growing once past the cap; infinity is fine, it compares as past it.
+            if self.grown < self.cap_nanos {
+                self.grown *= factor;
+            }
+        }
         Some(delay)
     }
 
@@ -355,8 +351,29 @@ impl Delays {
         self.retries
     }
 
+    /// The delay before the next retry, before jitter.
+    fn nominal(&self) -> Duration {
+        match self.backoff.curve {
+            Curve::Constant { delay } => delay,
+            Curve::Linear { base, step, cap } => step
+                .checked_mul(self.retries)
+                .and_then(|grown| base.checked_add(grown))
+                .map_or(cap, |d| d.min(cap)),
+            Curve::Exponential { cap, .. } => {
+                if self.grown >= self.cap_nanos {
+                    cap
+                } else if self.grown < u64::MAX as f64 {
+                    Duration::from_nanos(self.grown as u64)
+                } else {
+                    // Only for caps beyond 584 years.
+                    Duration::try_from_secs_f64(self.grown / 1e9).map_or(cap, |d| d.min(cap))
+                }
+            }
+        }
+    }
+
     fn jittered(&mut self) -> Duration {
-        let nominal = self.backoff.nominal(self.retries);
+        let nominal = self.nominal();
         match self.backoff.jitter {
             Jitter::None => nominal,
             Jitter::Full => uniform(&mut self.rng, Duration::ZERO, nominal),
@@ -386,7 +403,12 @@ impl FusedIterator for Delays {}
 
 /// A uniformly random duration in `[low, high]`, at nanosecond resolution.
 fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
-    let nanos = rng.u128(low.as_nanos()..=high.as_nanos());
+    let (low, high) = (low.as_nanos(), high.as_nanos());
+    if let (Ok(low), Ok(high)) = (u64::try_from(low), u64::try_from(high)) {
+        // Every delay under 584 years: 64-bit arithmetic.
+        return Duration::from_nanos(rng.u64(low..=high));
+    }
+    let nanos = rng.u128(low..=high);
     const NANOS_PER_SEC: u128 = 1_000_000_000;
     // `nanos <= high.as_nanos()`, so the seconds fit in a u64 as they did in `high`.
     let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
@@ -400,9 +422,14 @@ mod tests {
     #[test]
     fn nominal_exponential_saturates_at_cap_for_huge_retry_counts() {
         let b = Backoff::exponential(Duration::from_millis(1), 2.0, Duration::MAX).unwrap();
-        assert_eq!(b.nominal(u32::MAX), Duration::MAX);
+        let mut delays = b.delays();
+        delays.retries = u32::MAX - 1;
+        delays.grown = f64::INFINITY;
+        assert_eq!(delays.nominal(), Duration::MAX);
         let b = Backoff::linear(Duration::from_secs(1), Duration::MAX, Duration::MAX).unwrap();
-        assert_eq!(b.nominal(u32::MAX), Duration::MAX);
+        let mut delays = b.delays();
+        delays.retries = u32::MAX - 1;
+        assert_eq!(delays.nominal(), Duration::MAX);
     }
 
     #[test]
