@@ -5,7 +5,7 @@
 //! rejection, a pool's queue depth) and implements [`Event`] for it, which names the event and
 //! lists the readings it carries. Users pass a [`Listener`] to the component to receive them:
 //! a closure via [`listener_fn`], several at once as a tuple, or
-//! [`MetricsListener`](crate::event::MetricsListener) to feed Prometheus or OpenTelemetry
+//! [`MetricsListener`] (feature `metrics`) to feed Prometheus or OpenTelemetry
 //! through whatever `metrics` recorder the application installs.
 //!
 //! Components emit `tracing` events themselves; listeners are for what tracing is not.
