@@ -250,7 +250,7 @@ impl Backoff {
             None => fastrand::Rng::new(),
         };
         let (grown, cap_nanos) = match self.curve {
-            Curve::Exponential { base, cap, .. } => (base.as_nanos() as f64, cap.as_nanos() as f64),
+            Curve::Exponential { base, cap, .. } => (nanos_f64(base), nanos_f64(cap)),
             Curve::Constant { .. } | Curve::Linear { .. } => (0.0, 0.0),
         };
         Delays {
@@ -335,8 +335,13 @@ impl Delays {
             }
         }
         self.retries = self.retries.saturating_add(1);
-        self.slept = self.slept.saturating_add(delay);
-        self.previous = delay;
+        // Only an elapsed limit reads `slept`, only decorrelated jitter reads `previous`.
+        if self.backoff.max_elapsed.is_some() {
+            self.slept = self.slept.saturating_add(delay);
+        }
+        if self.backoff.jitter == Jitter::Decorrelated {
+            self.previous = delay;
+        }
         if let Curve::Exponential { factor, .. } = self.backoff.curve {
             // Stops growing once past the cap; infinity is fine, it compares as past it.
             if self.grown < self.cap_nanos {
@@ -400,6 +405,11 @@ impl Iterator for Delays {
 }
 
 impl FusedIterator for Delays {}
+
+/// `d` in nanoseconds, as a float (two 64-bit conversions, not one 128-bit one).
+fn nanos_f64(d: Duration) -> f64 {
+    d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
+}
 
 /// A uniformly random duration in `[low, high]`, at nanosecond resolution.
 fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
