@@ -49,6 +49,13 @@ pub enum Outcome {
 pub trait Classify<T, E> {
     /// Classifies one result. `elapsed` is the time from the call to its completion.
     fn classify(&self, result: Result<&T, &E>, elapsed: Duration) -> Outcome;
+
+    /// Whether [`classify`](Classify::classify) reads `elapsed`. Components skip reading the
+    /// clock per call (tens of nanoseconds) for classifiers that return `false`; those are
+    /// then passed [`Duration::ZERO`]. Defaults to `true`, which is always correct.
+    fn uses_elapsed(&self) -> bool {
+        true
+    }
 }
 
 /// Every `Ok` is a [`Outcome::Success`], every `Err` a [`Outcome::Failure`]; duration is ignored.
@@ -61,6 +68,10 @@ impl<T, E> Classify<T, E> for DefaultClassify {
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
         }
+    }
+
+    fn uses_elapsed(&self) -> bool {
+        false
     }
 }
 
@@ -243,6 +254,10 @@ mod status {
                 Ok(response) => self.outcome(response.status()),
                 Err(_) => Outcome::Failure,
             }
+        }
+
+        fn uses_elapsed(&self) -> bool {
+            false
         }
     }
 

@@ -156,3 +156,19 @@ mod http_status {
         );
     }
 }
+
+#[test]
+fn only_classifiers_that_read_the_duration_ask_for_it() {
+    assert!(!Classify::<u8, ()>::uses_elapsed(&DefaultClassify));
+    let slow = SlowAsFailure::new(DefaultClassify, THRESHOLD);
+    assert!(Classify::<u8, ()>::uses_elapsed(&slow));
+    let custom = classify_fn(|_: Result<&u8, &()>, _| Outcome::Success);
+    assert!(
+        custom.uses_elapsed(),
+        "unknown closures are assumed to read it"
+    );
+    #[cfg(feature = "http")]
+    assert!(!Classify::<http::Response<()>, ()>::uses_elapsed(
+        &palisade_core::classify::StatusClassify::default()
+    ));
+}
