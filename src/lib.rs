@@ -12,6 +12,7 @@
 //! | feature | crate | what it gives |
 //! |---|---|---|
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
+//! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses |
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |
@@ -42,3 +43,7 @@
 #[cfg(feature = "core")]
 #[doc(inline)]
 pub use palisade_core as core;
+
+#[cfg(feature = "breaker")]
+#[doc(inline)]
+pub use palisade_breaker as breaker;

@@ -1,0 +1,146 @@
+//! The breaker's response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use palisade_core::BoxError;
+use palisade_core::classify::{Classify, Outcome};
+use palisade_core::reject::CircuitOpen;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::state::{Permit, Shared};
+
+pin_project! {
+    /// The future of a [`CircuitBreaker`](crate::CircuitBreaker) call: the inner service's
+    /// future, which records its outcome when it completes, or a rejection.
+    ///
+    /// Dropping it before it completes (a cancelled call) records nothing and frees its
+    /// half-open probe slot; an inner future that panics counts as a failure.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        guard: Option<Guard<C>>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Rejected { rejection: Option<CircuitOpen> },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, guard: Option<Guard<C>>) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            guard,
+        }
+    }
+
+    pub(crate) fn rejected(rejection: CircuitOpen) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                rejection: Some(rejection),
+            },
+            guard: None,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { future } => {
+                let result = match this.guard {
+                    Some(guard) => {
+                        // If the inner future panics, `polling` stays set for `Drop` to see.
+                        guard.polling = true;
+                        let result = ready!(future.poll(cx));
+                        guard.polling = false;
+                        result
+                    }
+                    None => ready!(future.poll(cx)),
+                };
+                if let Some(guard) = this.guard.take() {
+                    guard.finish(result.as_ref());
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { rejection } => {
+                let rejection = rejection
+                    .take()
+                    .expect("ResponseFuture polled after it completed");
+                Poll::Ready(Err(rejection.into()))
+            }
+        }
+    }
+}
+
+impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// A permitted call in flight: records its outcome once, when it completes, is cancelled,
+/// or panics.
+pub(crate) struct Guard<C> {
+    shared: Arc<Shared<C>>,
+    permit: Option<Permit>,
+    started: Option<Instant>,
+    polling: bool,
+}
+
+impl<C> Guard<C> {
+    /// `timed`: whether the outcome needs the call's duration.
+    pub(crate) fn new(shared: Arc<Shared<C>>, permit: Permit, timed: bool) -> Self {
+        let started = (timed || shared.times_calls()).then(Instant::now);
+        Self {
+            shared,
+            permit: Some(permit),
+            started,
+            polling: false,
+        }
+    }
+
+    pub(crate) fn finish<T, E>(mut self, result: Result<&T, &E>)
+    where
+        C: Classify<T, E>,
+    {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        let outcome = self.shared.classify.classify(result, elapsed);
+        let slow = self.shared.is_slow(elapsed);
+        self.shared.record(permit, outcome, slow);
+    }
+}
+
+impl<C> Drop for Guard<C> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let outcome = if self.polling {
+                // The inner future panicked while polled.
+                Outcome::Failure
+            } else {
+                // Cancelled: counts for nothing, frees a probe slot.
+                Outcome::Ignored
+            };
+            self.shared.record(permit, outcome, false);
+        }
+    }
+}

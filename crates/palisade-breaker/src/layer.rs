@@ -1,0 +1,72 @@
+//! The breaker layer.
+
+use std::sync::Arc;
+
+use palisade_core::classify::DefaultClassify;
+use tower_layer::Layer;
+
+use crate::config::CircuitBreakerConfig;
+use crate::handle::CircuitBreakerHandle;
+use crate::service::CircuitBreaker;
+use crate::state::Shared;
+
+/// Wraps services in a [`CircuitBreaker`].
+///
+/// **One layer value is one breaker**: every service it builds, every clone of those
+/// services and of the layer, and every [handle](Self::handle) share the same state. Build
+/// one layer per upstream you want to protect separately.
+///
+/// `C` decides what counts as a failure ([`DefaultClassify`]: every `Err`).
+pub struct CircuitBreakerLayer<C = DefaultClassify> {
+    shared: Arc<Shared<C>>,
+}
+
+impl CircuitBreakerLayer {
+    /// A breaker that counts every `Err` as a failure.
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        Self::with_classifier(config, DefaultClassify)
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// A breaker whose failures are decided by `classify` (for example
+    /// `StatusClassify` for HTTP responses, or a `SlowAsFailure`).
+    pub fn with_classifier(config: CircuitBreakerConfig, classify: C) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(config, classify)),
+        }
+    }
+
+    /// A handle to read and steer this breaker at runtime.
+    pub fn handle(&self) -> CircuitBreakerHandle
+    where
+        C: Send + Sync + 'static,
+    {
+        CircuitBreakerHandle::new(Arc::clone(&self.shared) as _)
+    }
+}
+
+impl<C> Clone for CircuitBreakerLayer<C> {
+    /// The clone is the same breaker.
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::new(inner, Arc::clone(&self.shared))
+    }
+}
