@@ -65,13 +65,7 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = match this.guard {
-                    Some(guard) => {
-                        // If the inner future panics, `polling` stays set for `Drop` to see.
-                        guard.polling = true;
-                        let result = ready!(future.poll(cx));
-                        guard.polling = false;
-                        result
-                    }
+                    Some(guard) => ready!(guard.poll(future, cx)),
                     None => ready!(future.poll(cx)),
                 };
                 if let Some(guard) = this.guard.take() {
@@ -114,6 +108,19 @@ impl<C> Guard<C> {
             started,
             polling: false,
         }
+    }
+
+    /// Polls the guarded call's future. If it panics, `Drop` counts the call as failed; if
+    /// it is pending and then dropped, as cancelled.
+    pub(crate) fn poll<F: Future>(
+        &mut self,
+        future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        self.polling = true;
+        let poll = future.poll(cx);
+        self.polling = false;
+        poll
     }
 
     pub(crate) fn finish<T, E>(mut self, result: Result<&T, &E>)
