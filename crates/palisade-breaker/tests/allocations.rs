@@ -1,0 +1,89 @@
+//! While closed, a call through the breaker allocates nothing.
+//!
+//! This binary counts every heap allocation with a wrapping global allocator; it holds one
+//! test so no other test allocates concurrently. A global allocator needs `unsafe`: the
+//! workspace denies it everywhere else.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::{Future, ready};
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use palisade_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, State};
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Polls a future that completes at once.
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future was expected to complete at once"),
+    }
+}
+
+fn calls_allocate_nothing(config: CircuitBreakerConfig) {
+    let layer = CircuitBreakerLayer::new(config);
+    let handle = layer.handle();
+    let mut service = layer.layer(tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))));
+    // Warm up: anything lazily allocated once (thread-locals, the clock) happens here.
+    for n in 0..1_000 {
+        now(now(service.ready()).unwrap().call(n)).unwrap();
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for n in 0..10_000 {
+        let response = now(now(service.ready()).unwrap().call(n)).unwrap();
+        assert_eq!(response, n);
+    }
+    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        allocated, 0,
+        "10 000 closed-state calls allocated {allocated} times"
+    );
+}
+
+#[test]
+fn closed_state_calls_allocate_nothing() {
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    calls_allocate_nothing(CircuitBreakerConfig::default());
+    calls_allocate_nothing(
+        CircuitBreakerConfig::builder()
+            .time_window(Duration::from_secs(10), nz(10))
+            .slow_calls(Duration::from_secs(1), 50.0)
+            .build()
+            .unwrap(),
+    );
+    calls_allocate_nothing(
+        CircuitBreakerConfig::builder()
+            .consecutive_failures(nz(5))
+            .build()
+            .unwrap(),
+    );
+}
