@@ -25,6 +25,8 @@
 //!   the breaker; N successes close it.
 //! - **Forced open**, **disabled** and **metrics-only** are set at runtime through a
 //!   [`CircuitBreakerHandle`], which also reads the state and the window.
+//! - **Keyed**: [`KeyedCircuitBreakerLayer`] keeps one breaker per key (upstream host,
+//!   route) that a [`KeyExtractor`] picks, in a map bounded in size, evicting idle keys.
 //!
 //! What counts as a failure is a core [`Classify`](palisade_core::Classify): by default every
 //! `Err`; outcomes classified as ignored count for nothing.
@@ -72,12 +74,15 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `http` | answer an open circuit with `503` + `Retry-After` instead of an error |
+//! | `http` | `HttpCircuitBreakerLayer` (module `http`): answer an open circuit with `503` + `Retry-After`, or a fallback's response (serve from cache), instead of an error |
 
 mod config;
 mod event;
 mod future;
 mod handle;
+#[cfg(feature = "http")]
+pub mod http;
+mod keyed;
 mod layer;
 mod service;
 mod state;
@@ -90,12 +95,29 @@ pub use crate::config::{
 pub use crate::event::{BreakerEvent, State};
 pub use crate::future::ResponseFuture;
 pub use crate::handle::CircuitBreakerHandle;
+#[cfg(feature = "http")]
+pub use crate::http::{HttpCircuitBreaker, HttpCircuitBreakerLayer};
+#[cfg(feature = "http")]
+pub use crate::keyed::HostKey;
+pub use crate::keyed::{
+    KeyExtractor, KeyFn, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, key_fn,
+};
 pub use crate::layer::CircuitBreakerLayer;
 pub use crate::service::CircuitBreaker;
 pub use crate::state::Metrics;
 pub use palisade_core::reject::CircuitOpen;
 
 /// Adds `.circuit_breaker(config)` to [`tower::ServiceBuilder`].
+///
+/// ```
+/// use palisade_breaker::{CircuitBreakerConfig, ServiceBuilderExt};
+/// use tower::ServiceBuilder;
+///
+/// let service = ServiceBuilder::new()
+///     .circuit_breaker(CircuitBreakerConfig::default())
+///     .service_fn(|name: String| async move { Ok::<_, std::io::Error>(name.len()) });
+/// # let _ = service;
+/// ```
 pub trait ServiceBuilderExt<L> {
     /// Wraps the services built so far in a [`CircuitBreakerLayer`] made from `config`.
     fn circuit_breaker(

@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn generation_wraps_instead_of_overflowing() {
-        let last = u64::MAX & !((1 << GENERATION_SHIFT) - 1);
+        let last = !((1u64 << GENERATION_SHIFT) - 1);
         assert_eq!(generation(next_word(last, CLOSED)), 0);
     }
 }
