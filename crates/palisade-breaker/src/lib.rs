@@ -21,10 +21,12 @@
 //!   implements [`RetryAfter`](palisade_core::RetryAfter). The wait grows on repeated trips
 //!   (a core [`Backoff`](palisade_core::Backoff), with jitter).
 //! - **Half-open**: exactly N probe calls are admitted, reserved atomically; all others are
-//!   rejected. A probe that is cancelled frees its slot. Any failed (or slow) probe reopens
+//!   rejected, with the latest open wait as their retry-after (what a failing probe would
+//!   cost). A probe that is cancelled frees its slot. Any failed (or slow) probe reopens
 //!   the breaker; N successes close it.
-//! - **Forced open**, **disabled** and **metrics-only** are set at runtime through a
-//!   [`CircuitBreakerHandle`], which also reads the state and the window.
+//! - **Forced open** (rejections carry the latest open wait), **disabled** and
+//!   **metrics-only** are set at runtime through a [`CircuitBreakerHandle`], which also reads
+//!   the state and the window.
 //! - **Keyed**: [`KeyedCircuitBreakerLayer`] keeps one breaker per key (upstream host,
 //!   route) that a [`KeyExtractor`] picks, in a map bounded in size, evicting idle keys.
 //!
