@@ -9,7 +9,7 @@ use palisade_core::BoxError;
 use palisade_core::classify::{Classify, Outcome};
 use palisade_core::reject::CircuitOpen;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use std::time::Duration;
 
 use crate::state::{Permit, Shared};
 
@@ -35,6 +35,7 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(future: F, guard: Option<Guard<C>>) -> Self {
         Self {
             kind: Kind::Called { future },
@@ -60,6 +61,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
@@ -94,14 +96,24 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 pub(crate) struct Guard<C> {
     shared: Arc<Shared<C>>,
     permit: Option<Permit>,
-    started: Option<Instant>,
+    /// When the call started, in the breaker's nanoseconds; `UNTIMED` when nothing needs
+    /// the call's duration (the clock is not read at all then).
+    started: u64,
+    /// Set while the call's future is polled: still set in `Drop`, it panicked.
     polling: bool,
 }
 
+const UNTIMED: u64 = u64::MAX;
+
 impl<C> Guard<C> {
     /// `timed`: whether the outcome needs the call's duration.
+    #[inline]
     pub(crate) fn new(shared: Arc<Shared<C>>, permit: Permit, timed: bool) -> Self {
-        let started = (timed || shared.times_calls()).then(Instant::now);
+        let started = if timed || shared.times_calls() {
+            shared.now()
+        } else {
+            UNTIMED
+        };
         Self {
             shared,
             permit: Some(permit),
@@ -112,6 +124,7 @@ impl<C> Guard<C> {
 
     /// Polls the guarded call's future. If it panics, `Drop` counts the call as failed; if
     /// it is pending and then dropped, as cancelled.
+    #[inline]
     pub(crate) fn poll<F: Future>(
         &mut self,
         future: Pin<&mut F>,
@@ -123,6 +136,7 @@ impl<C> Guard<C> {
         poll
     }
 
+    #[inline]
     pub(crate) fn finish<T, E>(mut self, result: Result<&T, &E>)
     where
         C: Classify<T, E>,
@@ -130,7 +144,11 @@ impl<C> Guard<C> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        let elapsed = if self.started == UNTIMED {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.shared.now().saturating_sub(self.started))
+        };
         let outcome = self.shared.classify.classify(result, elapsed);
         let slow = self.shared.is_slow(elapsed);
         self.shared.record(permit, outcome, slow);

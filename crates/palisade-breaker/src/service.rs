@@ -88,6 +88,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.rejection.is_some() {
             return Poll::Ready(Ok(()));
@@ -99,6 +100,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         if let Some(rejection) = self.rejection.take() {
             return ResponseFuture::rejected(self.shared.rejected(rejection));

@@ -89,11 +89,27 @@ const fn tag_of(state: State) -> u64 {
     }
 }
 
-/// The right to make one call, and to record its outcome.
+/// The right to make one call, and to record its outcome: the generation it was issued in
+/// and whether it is a probe, in one non-zero word (so `Option<Permit>` is 8 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Permit {
-    generation: u64,
-    probe: bool,
+pub(crate) struct Permit(std::num::NonZeroU64);
+
+impl Permit {
+    const PROBE: u64 = 1;
+    const SET: u64 = 1 << 63;
+
+    fn new(generation: u64, probe: bool) -> Self {
+        let bits = Self::SET | (generation << 1) | if probe { Self::PROBE } else { 0 };
+        Self(std::num::NonZeroU64::new(bits).unwrap_or(std::num::NonZeroU64::MAX))
+    }
+
+    fn generation(self) -> u64 {
+        (self.0.get() & !Self::SET) >> 1
+    }
+
+    fn is_probe(self) -> bool {
+        self.0.get() & Self::PROBE != 0
+    }
 }
 
 /// What the breaker's window and counters hold at one moment; read with
@@ -188,7 +204,7 @@ impl<C> Shared<C> {
     }
 
     /// Nanoseconds since the breaker was built, on tokio's (pausable) clock.
-    fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.epoch))
     }
 
@@ -209,6 +225,7 @@ impl<C> Shared<C> {
 
     /// The rejection a call would get now, without side effects: lets `poll_ready` fail
     /// fast instead of waiting on an inner service while the breaker is open.
+    #[inline]
     pub(crate) fn peek_rejection(&self) -> Option<CircuitOpen> {
         let word = self.word.load(Ordering::Acquire);
         match tag(word) {
@@ -223,13 +240,11 @@ impl<C> Shared<C> {
 
     /// Admits a call: a permit to record its outcome, `None` for a disabled breaker (nothing
     /// to record), or the rejection.
+    #[inline]
     pub(crate) fn acquire(&self) -> Result<Option<Permit>, CircuitOpen> {
         let mut word = self.word.load(Ordering::Acquire);
         loop {
-            let permit = |word, probe| Permit {
-                generation: generation(word),
-                probe,
-            };
+            let permit = |word, probe| Permit::new(generation(word), probe);
             match tag(word) {
                 CLOSED | METRICS_ONLY => return Ok(Some(permit(word, false))),
                 DISABLED => return Ok(None),
@@ -265,14 +280,16 @@ impl<C> Shared<C> {
 
     /// Records the outcome of a permitted call. `Outcome::Ignored` also stands for a call
     /// that was cancelled: it counts for nothing and frees its probe slot.
+    #[inline]
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome, slow: bool) {
-        if permit.probe {
-            self.record_probe(permit.generation, outcome, slow);
+        if permit.is_probe() {
+            self.record_probe(permit.generation(), outcome, slow);
         } else if outcome != Outcome::Ignored {
-            self.record_call(permit.generation, outcome == Outcome::Failure, slow);
+            self.record_call(permit.generation(), outcome == Outcome::Failure, slow);
         }
     }
 
+    #[inline]
     fn record_call(&self, permit_generation: u64, failure: bool, slow: bool) {
         let word = self.word.load(Ordering::Acquire);
         let state = tag(word);
@@ -307,6 +324,7 @@ impl<C> Shared<C> {
         }
     }
 
+    #[inline(never)]
     fn record_probe(&self, permit_generation: u64, outcome: Outcome, slow: bool) {
         // A slow probe says the service has not recovered.
         let outcome = match outcome {
@@ -348,6 +366,7 @@ impl<C> Shared<C> {
     /// Moves to `to` if the state word still satisfies `expect`; `false` if it did not.
     /// Entering open picks the next wait; entering closed or metrics-only clears the window;
     /// entering closed also restarts the open-wait backoff.
+    #[cold]
     pub(crate) fn change(&self, expect: impl Fn(u64) -> bool, to: State) -> bool {
         let mut delays = self.delays.lock().unwrap_or_else(PoisonError::into_inner);
         let mut word = self.word.load(Ordering::Acquire);
@@ -388,6 +407,7 @@ impl<C> Shared<C> {
         Duration::from_nanos(self.hint_nanos.load(Ordering::Relaxed))
     }
 
+    #[cold]
     fn reject(&self, state: State, retry_after: Duration) -> CircuitOpen {
         self.rejections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(breaker = %self.name, %state, ?retry_after, "call rejected: circuit open");

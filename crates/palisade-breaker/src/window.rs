@@ -50,6 +50,7 @@ impl Recorder {
 
     /// Records one outcome at `now` (nanoseconds since the breaker's epoch; only time windows
     /// read it) and returns the counts right after.
+    #[inline]
     pub(crate) fn record(&self, failure: bool, slow: bool, now: u64) -> WindowCounts {
         match self {
             Recorder::Count(w) => w.record(failure, slow),
@@ -121,7 +122,17 @@ impl CountWindow {
         ((u128::from(low) * u128::from(self.len())) >> 64) as usize
     }
 
+    #[inline]
     fn record(&self, failure: bool, slow: bool) -> WindowCounts {
+        let len = u64::from(self.len());
+        if !failure && !slow {
+            // A full window of plain successes stays the same after one more: skip the
+            // shared writes, so a healthy service's calls only read the window.
+            let totals = self.totals.load(Ordering::Relaxed);
+            if totals == 0 && self.head.load(Ordering::Relaxed) >= len {
+                return decode(totals, self.len());
+            }
+        }
         let index = self.head.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[self.slot(index)];
         let new = FILLED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
@@ -142,7 +153,7 @@ impl CountWindow {
                     .wrapping_add(delta)
             }
         };
-        let calls = index.saturating_add(1).min(u64::from(self.len())) as u32;
+        let calls = index.saturating_add(1).min(len) as u32;
         decode(totals, calls)
     }
 
@@ -162,6 +173,7 @@ impl CountWindow {
 
 /// Splits `failures·2³² + slow` back into its halves, clamping a momentary dip below zero
 /// (or above `calls`) from a race on one slot.
+#[inline]
 fn decode(totals: u64, calls: u32) -> WindowCounts {
     let slow = totals as u32 as i32;
     let failures = (totals.wrapping_sub(slow as i64 as u64) >> 32) as u32 as i32;
