@@ -11,7 +11,7 @@ use palisade_core::reject::CircuitOpen;
 use pin_project_lite::pin_project;
 use std::time::Duration;
 
-use crate::state::{Permit, Shared};
+use crate::state::{Permit, Slot};
 
 pin_project! {
     /// The future of a [`CircuitBreaker`](crate::CircuitBreaker) call: the inner service's
@@ -94,7 +94,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 /// A permitted call in flight: records its outcome once, when it completes, is cancelled,
 /// or panics.
 pub(crate) struct Guard<C> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<Slot<C>>,
     permit: Option<Permit>,
     /// When the call started, in the breaker's nanoseconds; `UNTIMED` when nothing needs
     /// the call's duration (the clock is not read at all then).
@@ -108,7 +108,7 @@ const UNTIMED: u64 = u64::MAX;
 impl<C> Guard<C> {
     /// `timed`: whether the outcome needs the call's duration.
     #[inline]
-    pub(crate) fn new(shared: Arc<Shared<C>>, permit: Permit, timed: bool) -> Self {
+    pub(crate) fn new(shared: Arc<Slot<C>>, permit: Permit, timed: bool) -> Self {
         let started = if timed || shared.times_calls() {
             shared.now()
         } else {

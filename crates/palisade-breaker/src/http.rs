@@ -72,7 +72,7 @@ use tower_service::Service;
 use crate::config::CircuitBreakerConfig;
 use crate::future::Guard;
 use crate::handle::CircuitBreakerHandle;
-use crate::state::Shared;
+use crate::state::{Shared, Slots};
 
 /// Makes the response to a request the breaker rejected.
 ///
@@ -116,7 +116,7 @@ impl<ReqB, ResB: Default> Fallback<ReqB, ResB> for DefaultFallback {
 /// `F` answers rejected requests ([`DefaultFallback`]: `503` + `Retry-After`). See the
 /// [module docs](self) for an example.
 pub struct HttpCircuitBreakerLayer<C = StatusClassify, F = DefaultFallback> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<Slots<C>>,
     fallback: F,
 }
 
@@ -134,7 +134,7 @@ impl<C> HttpCircuitBreakerLayer<C> {
     /// codes reassigned, say), answering rejected requests with `503` + `Retry-After`.
     pub fn with_classifier(config: CircuitBreakerConfig, classify: C) -> Self {
         Self {
-            shared: Arc::new(Shared::new(config, classify)),
+            shared: Arc::new(Slots::new(Shared::new(config, classify))),
             fallback: DefaultFallback,
         }
     }
@@ -212,7 +212,7 @@ impl<C, F> HttpCircuitBreakerLayer<C, F> {
     where
         C: Send + Sync + 'static,
     {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared) as _)
+        CircuitBreakerHandle::new(Arc::clone(self.shared.shared()) as _)
     }
 }
 
@@ -259,7 +259,7 @@ impl<S, C, F: Clone> Layer<S> for HttpCircuitBreakerLayer<C, F> {
 /// `poll_ready`, so an idle connection's readiness check cannot hoard them.
 pub struct HttpCircuitBreaker<S, C = StatusClassify, F = DefaultFallback> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    shared: Arc<Slots<C>>,
     fallback: F,
     /// A rejection decided by `poll_ready` without polling `inner`.
     rejection: Option<CircuitOpen>,
@@ -271,7 +271,7 @@ impl<S, C, F> HttpCircuitBreaker<S, C, F> {
     where
         C: Send + Sync + 'static,
     {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared) as _)
+        CircuitBreakerHandle::new(Arc::clone(self.shared.shared()) as _)
     }
 
     /// The inner service.
@@ -340,7 +340,8 @@ where
                 Ok(permit) => {
                     let timed =
                         Classify::<Response<ResB>, S::Error>::uses_elapsed(&self.shared.classify);
-                    let guard = permit.map(|p| Guard::new(Arc::clone(&self.shared), p, timed));
+                    let guard =
+                        permit.map(|p| Guard::new(Arc::clone(self.shared.local()), p, timed));
                     return ResponseFuture::called(self.inner.call(request), guard);
                 }
                 Err(rejection) => rejection,

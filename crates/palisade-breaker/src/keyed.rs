@@ -25,7 +25,7 @@ use crate::config::CircuitBreakerConfig;
 use crate::event::State;
 use crate::future::{Guard, ResponseFuture};
 use crate::handle::CircuitBreakerHandle;
-use crate::state::Shared;
+use crate::state::{Shared, Slot};
 
 const DEFAULT_MAX_KEYS: NonZeroUsize = match NonZeroUsize::new(1024) {
     Some(n) => n,
@@ -291,7 +291,7 @@ impl<K, X, C> KeyedCircuitBreakerLayer<K, X, C> {
         Q: Hash + Eq + ?Sized,
         C: Send + Sync + 'static,
     {
-        let breaker = Arc::clone(&self.registry.lock().entries.get(key)?.breaker);
+        let breaker = Arc::clone(self.registry.lock().entries.get(key)?.breaker.shared());
         Some(CircuitBreakerHandle::new(breaker as _))
     }
 
@@ -432,17 +432,17 @@ struct Map<K, C> {
 }
 
 struct Entry<C> {
-    breaker: Arc<Shared<C>>,
+    breaker: Arc<Slot<C>>,
     /// When the latest call with this key started.
     last_used: Instant,
 }
 
 impl<C> Entry<C> {
-    /// Whether anything besides the map holds the breaker: a call in flight (its guard) or
-    /// a handle. Exact under the map's lock: new clones of the map's `Arc` are only made
-    /// under it.
+    /// Whether anything besides the map holds the breaker: a call in flight (its guard holds
+    /// the slot) or a handle (it holds the breaker behind the slot). Exact under the map's
+    /// lock: new clones of either `Arc` are only made under it.
     fn in_use(&self) -> bool {
-        Arc::strong_count(&self.breaker) > 1
+        Arc::strong_count(&self.breaker) > 1 || Arc::strong_count(self.breaker.shared()) > 1
     }
 
     fn is_idle(&self, now: Instant, idle_timeout: Duration) -> bool {
@@ -460,7 +460,7 @@ impl<K, X, C> Registry<K, X, C> {
 
 impl<K: Hash + Eq + fmt::Debug, X, C: Clone> Registry<K, X, C> {
     /// `key`'s breaker, created if the map has none, and marked as used now.
-    fn breaker(&self, key: K) -> Arc<Shared<C>> {
+    fn breaker(&self, key: K) -> Arc<Slot<C>> {
         let now = Instant::now();
         let mut evicted = Vec::new();
         let mut map = self.lock();
@@ -477,7 +477,10 @@ impl<K: Hash + Eq + fmt::Debug, X, C: Clone> Registry<K, X, C> {
         // A new key: build its breaker (which allocates its window) outside the lock.
         let mut config = self.config.clone();
         config.name = Cow::Owned(format!("{}/{key:?}", config.name));
-        let breaker = Arc::new(Shared::new(config, self.classify.clone()));
+        let breaker = Arc::new(Slot::new(Arc::new(Shared::new(
+            config,
+            self.classify.clone(),
+        ))));
 
         let mut evicted = Vec::new();
         let mut map = self.lock();
@@ -500,10 +503,10 @@ impl<K: Hash + Eq + fmt::Debug, X, C: Clone> Registry<K, X, C> {
 }
 
 /// Breakers taken out of the map, with the reason, to trace once the lock is released.
-type Evicted<C> = Vec<(Arc<Shared<C>>, &'static str)>;
+type Evicted<C> = Vec<(Arc<Slot<C>>, &'static str)>;
 
 impl<K: Hash + Eq, C> Map<K, C> {
-    fn touch(&mut self, key: &K, now: Instant) -> Option<Arc<Shared<C>>> {
+    fn touch(&mut self, key: &K, now: Instant) -> Option<Arc<Slot<C>>> {
         let entry = self.entries.get_mut(key)?;
         entry.last_used = entry.last_used.max(now);
         Some(Arc::clone(&entry.breaker))
@@ -546,7 +549,7 @@ impl<K, C> Map<K, C> {
 
     /// The entry to evict from a full map: not in use before in use, closed before any
     /// other state, least recently used first.
-    fn victim(&self) -> Option<Arc<Shared<C>>> {
+    fn victim(&self) -> Option<Arc<Slot<C>>> {
         self.entries
             .values()
             .min_by_key(|entry| {

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use crate::config::CircuitBreakerConfig;
 use crate::handle::CircuitBreakerHandle;
 use crate::service::CircuitBreaker;
-use crate::state::Shared;
+use crate::state::{Shared, Slots};
 
 /// Wraps services in a [`CircuitBreaker`].
 ///
@@ -18,7 +18,7 @@ use crate::state::Shared;
 ///
 /// `C` decides what counts as a failure ([`DefaultClassify`]: every `Err`).
 pub struct CircuitBreakerLayer<C = DefaultClassify> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<Slots<C>>,
 }
 
 impl CircuitBreakerLayer {
@@ -33,7 +33,7 @@ impl<C> CircuitBreakerLayer<C> {
     /// `StatusClassify` for HTTP responses, or a `SlowAsFailure`).
     pub fn with_classifier(config: CircuitBreakerConfig, classify: C) -> Self {
         Self {
-            shared: Arc::new(Shared::new(config, classify)),
+            shared: Arc::new(Slots::new(Shared::new(config, classify))),
         }
     }
 
@@ -42,7 +42,7 @@ impl<C> CircuitBreakerLayer<C> {
     where
         C: Send + Sync + 'static,
     {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared) as _)
+        CircuitBreakerHandle::new(Arc::clone(self.shared.shared()) as _)
     }
 }
 

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use crate::future::{Guard, ResponseFuture};
 use crate::handle::CircuitBreakerHandle;
-use crate::state::Shared;
+use crate::state::Slots;
 
 /// A service guarded by a circuit breaker; built by
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -24,13 +24,13 @@ use crate::state::Shared;
 /// connection's readiness check cannot hoard them.
 pub struct CircuitBreaker<S, C = DefaultClassify> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    shared: Arc<Slots<C>>,
     /// A rejection decided by `poll_ready` without polling `inner`.
     rejection: Option<CircuitOpen>,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Slots<C>>) -> Self {
         Self {
             inner,
             shared,
@@ -43,7 +43,7 @@ impl<S, C> CircuitBreaker<S, C> {
     where
         C: Send + Sync + 'static,
     {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared) as _)
+        CircuitBreakerHandle::new(Arc::clone(self.shared.shared()) as _)
     }
 
     /// The inner service.
@@ -108,7 +108,7 @@ where
         match self.shared.acquire() {
             Ok(permit) => {
                 let timed = Classify::<S::Response, S::Error>::uses_elapsed(&self.shared.classify);
-                let guard = permit.map(|p| Guard::new(Arc::clone(&self.shared), p, timed));
+                let guard = permit.map(|p| Guard::new(Arc::clone(self.shared.local()), p, timed));
                 ResponseFuture::called(self.inner.call(request), guard)
             }
             Err(rejection) => ResponseFuture::rejected(rejection),

@@ -460,6 +460,86 @@ impl<C> Shared<C> {
     }
 }
 
+/// One reference to a breaker, alone on its cache line. Calls in flight hold one each.
+#[repr(align(64))]
+pub(crate) struct Slot<C> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C> Slot<C> {
+    pub(crate) fn new(shared: Arc<Shared<C>>) -> Self {
+        Self { shared }
+    }
+
+    /// The breaker, for handles.
+    pub(crate) fn shared(&self) -> &Arc<Shared<C>> {
+        &self.shared
+    }
+}
+
+impl<C> std::ops::Deref for Slot<C> {
+    type Target = Shared<C>;
+
+    fn deref(&self) -> &Shared<C> {
+        &self.shared
+    }
+}
+
+/// How many [`Slot`]s a breaker shared by a layer has.
+const SLOTS: usize = 8;
+
+/// A breaker behind several reference counts, one per [`Slot`]. Each thread takes the
+/// references for its calls from its own slot, so threads sharing one breaker do not
+/// contend on one reference count (and on the cache line of the state next to it) with
+/// every call.
+pub(crate) struct Slots<C> {
+    slots: [Arc<Slot<C>>; SLOTS],
+}
+
+impl<C> Slots<C> {
+    pub(crate) fn new(shared: Shared<C>) -> Self {
+        let shared = Arc::new(shared);
+        Self {
+            slots: std::array::from_fn(|_| Arc::new(Slot::new(Arc::clone(&shared)))),
+        }
+    }
+
+    /// This thread's slot.
+    #[inline]
+    pub(crate) fn local(&self) -> &Arc<Slot<C>> {
+        thread_local! {
+            static INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let index = INDEX.with(|index| {
+            if index.get() == usize::MAX {
+                index.set(NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS);
+            }
+            index.get()
+        });
+        &self.slots[index % SLOTS]
+    }
+
+    /// The breaker, for handles.
+    pub(crate) fn shared(&self) -> &Arc<Shared<C>> {
+        self.slots[0].shared()
+    }
+}
+
+impl<C> std::fmt::Debug for Slots<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self.shared(), f)
+    }
+}
+
+impl<C> std::ops::Deref for Slots<C> {
+    type Target = Shared<C>;
+
+    fn deref(&self) -> &Shared<C> {
+        &self.slots[0]
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
