@@ -33,7 +33,10 @@
 //! What counts as a failure is a core [`Classify`](palisade_core::Classify): by default every
 //! `Err`; outcomes classified as ignored count for nothing.
 //!
-//! While closed, a call costs a few atomic operations: no lock and no allocation.
+//! While closed, a call takes no lock and allocates nothing; in a healthy service (a full
+//! window of successes) it only reads the breaker's state, plus one reference-count update
+//! on a per-thread slot so that threads sharing a breaker do not contend. See the crate's
+//! bench numbers in the repository's `benches/README.md`.
 //!
 //! # Example
 //!
