@@ -106,9 +106,29 @@ pub(crate) struct Guard<C> {
 const UNTIMED: u64 = u64::MAX;
 
 impl<C> Guard<C> {
+    /// Admits a call through `slot`'s breaker: the guard that records its outcome (`None`
+    /// for a disabled breaker), or the rejection. `decided` is a rejection `poll_ready`
+    /// already chose (see [`Shared::fail_fast`](crate::state::Shared::fail_fast)); it is
+    /// counted now.
+    #[inline]
+    pub(crate) fn admit<T, E>(
+        slot: &Arc<Slot<C>>,
+        decided: Option<CircuitOpen>,
+    ) -> Result<Option<Self>, CircuitOpen>
+    where
+        C: Classify<T, E>,
+    {
+        if let Some(rejection) = decided {
+            return Err(slot.rejected(rejection));
+        }
+        let permit = slot.acquire()?;
+        let timed = Classify::<T, E>::uses_elapsed(&slot.classify);
+        Ok(permit.map(|permit| Self::new(Arc::clone(slot), permit, timed)))
+    }
+
     /// `timed`: whether the outcome needs the call's duration.
     #[inline]
-    pub(crate) fn new(shared: Arc<Slot<C>>, permit: Permit, timed: bool) -> Self {
+    fn new(shared: Arc<Slot<C>>, permit: Permit, timed: bool) -> Self {
         let started = if timed || shared.times_calls() {
             shared.now()
         } else {

@@ -323,31 +323,18 @@ where
     type Future = ResponseFuture<S::Future, C, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.rejection.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(rejection) = self.shared.peek_rejection() {
-            self.rejection = Some(rejection);
+        if self.shared.fail_fast(&mut self.rejection) {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let rejection = match self.rejection.take() {
-            Some(rejection) => self.shared.rejected(rejection),
-            None => match self.shared.acquire() {
-                Ok(permit) => {
-                    let timed =
-                        Classify::<Response<ResB>, S::Error>::uses_elapsed(&self.shared.classify);
-                    let guard =
-                        permit.map(|p| Guard::new(Arc::clone(self.shared.local()), p, timed));
-                    return ResponseFuture::called(self.inner.call(request), guard);
-                }
-                Err(rejection) => rejection,
-            },
-        };
-        ResponseFuture::fallback(self.fallback.respond(&rejection, request))
+        let decided = self.rejection.take();
+        match Guard::admit::<Response<ResB>, S::Error>(self.shared.local(), decided) {
+            Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
+            Err(rejection) => ResponseFuture::fallback(self.fallback.respond(&rejection, request)),
+        }
     }
 }
 

@@ -404,12 +404,8 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let key = self.registry.extractor.extract(&request);
         let breaker = self.registry.breaker(key);
-        match breaker.acquire() {
-            Ok(permit) => {
-                let timed = Classify::<S::Response, S::Error>::uses_elapsed(&breaker.classify);
-                let guard = permit.map(|p| Guard::new(breaker, p, timed));
-                ResponseFuture::called(self.inner.call(request), guard)
-            }
+        match Guard::admit::<S::Response, S::Error>(&breaker, None) {
+            Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
             Err(rejection) => ResponseFuture::rejected(rejection),
         }
     }

@@ -90,11 +90,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.rejection.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(rejection) = self.shared.peek_rejection() {
-            self.rejection = Some(rejection);
+        if self.shared.fail_fast(&mut self.rejection) {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -102,15 +98,8 @@ where
 
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        if let Some(rejection) = self.rejection.take() {
-            return ResponseFuture::rejected(self.shared.rejected(rejection));
-        }
-        match self.shared.acquire() {
-            Ok(permit) => {
-                let timed = Classify::<S::Response, S::Error>::uses_elapsed(&self.shared.classify);
-                let guard = permit.map(|p| Guard::new(Arc::clone(self.shared.local()), p, timed));
-                ResponseFuture::called(self.inner.call(request), guard)
-            }
+        match Guard::admit::<S::Response, S::Error>(self.shared.local(), self.rejection.take()) {
+            Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
             Err(rejection) => ResponseFuture::rejected(rejection),
         }
     }

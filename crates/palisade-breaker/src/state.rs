@@ -238,6 +238,17 @@ impl<C> Shared<C> {
         }
     }
 
+    /// For `poll_ready`: whether to answer ready at once and fail the next call fast (the
+    /// breaker rejects now), keeping the rejection in `decided` for that call. Once decided,
+    /// it stays decided until the call takes it.
+    #[inline]
+    pub(crate) fn fail_fast(&self, decided: &mut Option<CircuitOpen>) -> bool {
+        if decided.is_none() {
+            *decided = self.peek_rejection();
+        }
+        decided.is_some()
+    }
+
     /// Admits a call: a permit to record its outcome, `None` for a disabled breaker (nothing
     /// to record), or the rejection.
     #[inline]
