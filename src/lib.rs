@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
+//! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses |
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |
@@ -47,3 +48,7 @@ pub use palisade_core as core;
 #[cfg(feature = "breaker")]
 #[doc(inline)]
 pub use palisade_breaker as breaker;
+
+#[cfg(feature = "retry")]
+#[doc(inline)]
+pub use palisade_retry as retry;

@@ -1,0 +1,92 @@
+//! A call that succeeds at the first attempt allocates nothing, budget included.
+//!
+//! This binary counts heap allocations with a wrapping global allocator, per thread, so the
+//! test harness's own threads do not disturb the count. A global allocator needs `unsafe`:
+//! the workspace denies it everywhere else.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use palisade_retry::{RetryConfig, RetryLayer};
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    // A `const` thread-local without destructor: reading it never allocates.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Polls a future that completes at once.
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the future was expected to complete at once"),
+    }
+}
+
+fn successful_calls_allocate_nothing(config: RetryConfig) {
+    let layer = RetryLayer::new(config);
+    let mut service = layer.layer(tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))));
+    // Warm up: anything lazily allocated once (thread-locals, the clock) happens here.
+    for n in 0..1_000 {
+        now(now(service.ready()).unwrap().call(n)).unwrap();
+    }
+    let before = allocations();
+    for n in 0..10_000 {
+        let response = now(now(service.ready()).unwrap().call(n)).unwrap();
+        assert_eq!(response, n);
+    }
+    let allocated = allocations() - before;
+    assert_eq!(allocated, 0, "10 000 calls allocated {allocated} times");
+}
+
+#[test]
+fn successful_calls_allocate_nothing_with_the_default_budget() {
+    successful_calls_allocate_nothing(RetryConfig::default());
+}
+
+#[test]
+fn successful_calls_allocate_nothing_unbudgeted() {
+    successful_calls_allocate_nothing(RetryConfig::builder().unbudgeted().build().unwrap());
+}
+
+#[tokio::test]
+async fn successful_calls_with_time_limits_allocate_nothing() {
+    // The timer lives inline in the response future.
+    let config = RetryConfig::builder()
+        .attempt_timeout(Duration::from_secs(1))
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    successful_calls_allocate_nothing(config);
+}
