@@ -1,0 +1,90 @@
+//! The retry layer's success path: what a call that succeeds at once costs on top of the
+//! bare service, beside tower's `RetryLayer` with a policy that never retries (the floor a
+//! tower user starts from before writing backoff and budgets themselves).
+//!
+//! Every variant is driven the same way: `ready`, `call`, one poll of the response future
+//! (all complete at once, so no runtime is measured).
+
+use std::future::Ready;
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use palisade_benches::echo;
+use palisade_retry::{RetryConfig, RetryLayer};
+use tower::{Layer, Service, ServiceExt};
+
+/// tower's retry with a policy that never retries: its cheapest configuration.
+#[derive(Clone, Copy)]
+struct NeverRetry;
+
+impl<E> tower::retry::Policy<u64, u64, E> for NeverRetry {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
+fn call_now<S: Service<u64>>(
+    service: &mut S,
+    request: u64,
+) -> Option<Result<S::Response, S::Error>> {
+    let ready = service.ready().now_or_never().expect("ready at once");
+    let Ok(ready) = ready else {
+        panic!("the service failed its readiness check");
+    };
+    ready.call(request).now_or_never()
+}
+
+fn bench<S>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut service: S,
+) where
+    S: Service<u64>,
+    S::Response: PartialEq<u64>,
+    S::Error: std::fmt::Debug,
+{
+    for request in 0..1_000 {
+        let response = call_now(&mut service, request).expect("completes at once");
+        assert!(response.expect("success") == request, "{name} must echo");
+    }
+    let mut request = 0u64;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            request = request.wrapping_add(1);
+            black_box(call_now(&mut service, black_box(request)))
+        })
+    });
+}
+
+fn retry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry/success");
+    group.throughput(Throughput::Elements(1));
+    bench(&mut group, "bare", echo());
+    bench(
+        &mut group,
+        "tower/never-retry",
+        tower::retry::RetryLayer::new(NeverRetry).layer(echo()),
+    );
+    bench(
+        &mut group,
+        "palisade/budget",
+        RetryLayer::new(RetryConfig::default()).layer(echo()),
+    );
+    let unbudgeted = RetryConfig::builder().unbudgeted().build().expect("valid");
+    bench(
+        &mut group,
+        "palisade/unbudgeted",
+        RetryLayer::new(unbudgeted).layer(echo()),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, retry);
+criterion_main!(benches);
