@@ -4,7 +4,14 @@
 //! holding the bucket's epoch and its count, updated by a compare-exchange loop. Withdrawals
 //! (one per retry, off the hot path) check and count under a short mutex, so concurrent
 //! retries can never overdraw the budget.
+//!
+//! Deposits do not read the clock each time (a clock reading costs more than the rest of a
+//! deposit): they use the epoch last read, which every withdrawal and every
+//! `CLOCK_EVERY`th deposit made on a thread refresh. A call may so be counted in an older
+//! bucket than its own, never a newer one: it leaves the window early, which can only lower
+//! the budget, never let retries exceed it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -17,12 +24,22 @@ const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 
+/// A thread's deposits read the clock once per this many (into whichever budget).
+const CLOCK_EVERY: u32 = 16;
+
+thread_local! {
+    /// Deposits made on this thread since it last read the clock.
+    static DEPOSITS_SINCE_CLOCK: Cell<u32> = const { Cell::new(0) };
+}
+
 pub(crate) struct Budget {
     base: Instant,
     bucket_nanos: u64,
     /// `floor`: retries allowed per window whatever the traffic.
     floor: f64,
     ratio: f64,
+    /// The latest epoch read from the clock, which deposits are counted in.
+    last_epoch: AtomicU64,
     /// Per bucket: `epoch << COUNT_BITS | calls`.
     deposits: [AtomicU64; BUCKETS],
     /// Per bucket: `(epoch, retries)`.
@@ -39,6 +56,7 @@ impl Budget {
             bucket_nanos,
             floor: f64::from(config.min_per_second) * config.ttl.as_secs_f64(),
             ratio: config.ratio,
+            last_epoch: AtomicU64::new(0),
             deposits: std::array::from_fn(|_| AtomicU64::new(0)),
             withdrawals: Mutex::new([(u64::MAX, 0); BUCKETS]),
         }
@@ -51,10 +69,36 @@ impl Budget {
         u64::try_from(nanos / u128::from(self.bucket_nanos)).unwrap_or(u64::MAX) & EPOCH_MASK
     }
 
+    /// The current epoch, read from the clock and remembered for deposits.
+    fn refresh_epoch(&self) -> u64 {
+        let epoch = self.epoch();
+        // Never backwards, whatever the order in which threads store their readings.
+        self.last_epoch
+            .fetch_max(epoch, Ordering::Relaxed)
+            .max(epoch)
+    }
+
+    /// The epoch a deposit is counted in: the latest one read, refreshed from the clock on
+    /// every `CLOCK_EVERY`th deposit of this thread.
+    #[inline]
+    fn deposit_epoch(&self) -> u64 {
+        let clock_due = DEPOSITS_SINCE_CLOCK.with(|since_clock| {
+            let deposits = since_clock.get() + 1;
+            let due = deposits >= CLOCK_EVERY;
+            since_clock.set(if due { 0 } else { deposits });
+            due
+        });
+        if clock_due {
+            self.refresh_epoch()
+        } else {
+            self.last_epoch.load(Ordering::Relaxed)
+        }
+    }
+
     /// Records a call.
     #[inline]
     pub(crate) fn deposit(&self) {
-        let epoch = self.epoch();
+        let epoch = self.deposit_epoch();
         let slot = &self.deposits[(epoch % BUCKETS as u64) as usize];
         let mut current = slot.load(Ordering::Relaxed);
         loop {
@@ -89,7 +133,7 @@ impl Budget {
 
     /// Takes one retry from the budget; `false` if it is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        let epoch = self.epoch();
+        let epoch = self.refresh_epoch();
         let deposits = self.deposits(epoch);
         let allowed = self.floor + self.ratio * deposits as f64;
         let mut withdrawals = self

@@ -41,7 +41,10 @@ pub enum ConfigError {
 /// returned as it is.
 ///
 /// The window is cut into [`BUDGET_BUCKETS`] buckets; a bucket is forgotten as a whole, so
-/// "the last `ttl`" means between `ttl × 9/10` and `ttl`.
+/// "the last `ttl`" means between `ttl × 9/10` and `ttl`. To keep the clock off the hot path,
+/// calls are dated by the latest clock reading, taken by every retry and by every 16th call on
+/// a thread: a call may count as made at that reading, earlier than it was, and so leave the
+/// window early, which can only lower the budget, never exceed it.
 ///
 /// The [`Default`]: ratio **0.2**, floor **10** retries per second, window **10 s**.
 #[derive(Debug, Clone, Copy, PartialEq)]

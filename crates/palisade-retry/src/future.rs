@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::Span;
 
+use crate::config::RetryConfig;
 use crate::error::{AttemptTimedOut, DeadlineExceeded};
 use crate::event::RetryEvent;
 use crate::replay::{Hint, Replay};
@@ -26,15 +27,42 @@ pin_project! {
     /// be ready, and runs the next attempt, until an outcome is returned.
     ///
     /// Dropping it cancels the attempts or the wait in progress.
+    ///
+    /// It is small, and a call whose first attempt completes at once does not allocate;
+    /// the timers, a hedge and the backoff's state are boxed together when first needed.
     pub struct ResponseFuture<S, Request, C, P>
     where
         S: Service<Request>,
     {
-        // The running attempt, and its hedge once sent.
+        // The running attempt.
         #[pin]
         primary: Option<S::Future>,
+        phase: Phase,
+        // Whether the running attempt may still be hedged.
+        hedge_due: bool,
+        // Attempts sent so far, hedges included.
+        attempt: u32,
+        service: S,
+        // The copy kept to send again; `None` once no retry is possible.
+        request: Option<Request>,
+        shared: Arc<Shared<C, P>>,
+        // When the call started, if anything needs it (the deadline is counted from it).
+        started: Option<Instant>,
+        // What only a call that waits needs; `None` until then (see `Waits`).
+        waits: Option<Pin<Box<Waits<S::Future>>>>,
+        span: Span,
+    }
+}
+
+pin_project! {
+    /// The state of a call that has to wait: boxed, and made only when the first attempt
+    /// has to wait while a timer runs (a timeout, the deadline, a hedge delay) or when the
+    /// first retry is decided. A call that completes at once neither allocates it nor moves
+    /// it around.
+    struct Waits<F> {
+        // The hedge of the running attempt, once sent.
         #[pin]
-        hedge: Option<S::Future>,
+        hedge: Option<F>,
         // The attempt's timeout (or the deadline) while an attempt runs; the delay between
         // attempts while waiting.
         #[pin]
@@ -42,22 +70,25 @@ pin_project! {
         // When to send the hedge, while `hedge_due`.
         #[pin]
         hedge_timer: Option<Sleep>,
-        phase: Phase,
-        hedge_due: bool,
-        service: S,
-        // The copy kept to send again; `None` once no retry is possible.
-        request: Option<Request>,
-        shared: Arc<Shared<C, P>>,
-        // Attempts sent so far, hedges included.
-        attempt: u32,
         delays: Option<Delays>,
-        // When the call started, if anything needs it.
-        started: Option<Instant>,
-        deadline: Option<Instant>,
-        // When the current attempt started, if the classifier reads durations.
+        // When the running retry started, if the clock was read; the first attempt's start
+        // is the call's.
         attempt_started: Option<Instant>,
-        span: Span,
     }
+}
+
+/// The call's [`Waits`], made on first use.
+fn ensure_waits<F>(slot: &mut Option<Pin<Box<Waits<F>>>>) -> Pin<&mut Waits<F>> {
+    slot.get_or_insert_with(|| {
+        Box::pin(Waits {
+            hedge: None,
+            timer: None,
+            hedge_timer: None,
+            delays: None,
+            attempt_started: None,
+        })
+    })
+    .as_mut()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +104,7 @@ enum Phase {
 /// Far enough to mean "never" without overflowing `Instant` (as tokio does).
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+#[inline]
 fn after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay)
         .unwrap_or_else(|| now + FAR_FUTURE.min(delay))
@@ -110,43 +142,47 @@ where
             || config.hedge.is_some()
             || timed_classify;
         let started = needs_clock.then(Instant::now);
-        let deadline = match (started, config.deadline) {
-            (Some(now), Some(deadline)) => Some(after(now, deadline)),
-            _ => None,
-        };
         let span = tracing::debug_span!("retry", attempt = 1u32);
         let future = {
             let _entered = span.enter();
             service.call(request)
         };
-        let timer = started
-            .and_then(|now| attempt_end(now, config.attempt_timeout, deadline))
-            .map(tokio::time::sleep_until);
-        let hedge_at = match (started, config.hedge) {
-            (Some(now), Some(delay)) if copy.is_some() => Some(after(now, delay)),
-            _ => None,
-        };
         Self {
             primary: Some(future),
-            hedge: None,
-            timer,
-            hedge_due: hedge_at.is_some(),
-            hedge_timer: hedge_at.map(tokio::time::sleep_until),
+            // The first attempt's timers are made only if it has to wait (see `poll`).
+            hedge_due: started.is_some() && config.hedge.is_some() && copy.is_some(),
             phase: Phase::Running,
             service,
             request: copy,
             attempt: 1,
-            delays: None,
             started,
-            deadline,
-            attempt_started: started.filter(|_| timed_classify),
+            waits: None,
             span,
             shared,
         }
     }
 }
 
+/// When the call that started at `started` must end, if it has a deadline.
+#[inline]
+fn deadline(started: Option<Instant>, config: &RetryConfig) -> Option<Instant> {
+    Some(after(started?, config.deadline?))
+}
+
+/// When the running attempt started, if the classifier reads durations (`timed_classify`).
+fn attempt_started<F>(
+    timed_classify: bool,
+    started: Option<Instant>,
+    waits: Option<&Pin<Box<Waits<F>>>>,
+) -> Option<Instant> {
+    if !timed_classify {
+        return None;
+    }
+    waits.and_then(|waits| waits.attempt_started).or(started)
+}
+
 /// When the attempt starting at `now` must be cut off, if ever.
+#[inline]
 fn attempt_end(
     now: Instant,
     timeout: Option<Duration>,
@@ -187,43 +223,60 @@ where
         let shared = &**this.shared;
         let config = &shared.config;
         let max_attempts = config.max_attempts.get();
-        let timed = config.attempt_timeout.is_some() || this.deadline.is_some();
+        let deadline = deadline(*this.started, config);
+        let timed = config.attempt_timeout.is_some() || deadline.is_some();
+        let timed_classify = shared.classify.uses_elapsed();
         loop {
             match *this.phase {
                 Phase::Running => {
-                    let mut outcome = None;
                     // The attempt and its hedge: the first outcome that is not a failure
                     // wins; a failure while the other still runs is dropped.
-                    for hedge_slot in [false, true] {
-                        let (mut slot, other_running) = if hedge_slot {
-                            (this.hedge.as_mut(), this.primary.is_some())
-                        } else {
-                            (this.primary.as_mut(), this.hedge.is_some())
-                        };
-                        let Some(future) = slot.as_mut().as_pin_mut() else {
-                            continue;
-                        };
-                        let Poll::Ready(result) = future.poll(cx) else {
-                            continue;
-                        };
-                        slot.set(None);
-                        let result = result.map_err(Into::into);
-                        if other_running && is_failure(shared, &result, *this.attempt_started) {
-                            tracing::debug!("an attempt failed while its hedge runs");
-                            continue;
-                        }
-                        outcome = Some(result);
-                        break;
+                    let attempt_started =
+                        attempt_started(timed_classify, *this.started, this.waits.as_ref());
+                    let hedge_running = this.waits.as_ref().is_some_and(|w| w.hedge.is_some());
+                    let mut outcome = poll_attempt(
+                        this.primary.as_mut(),
+                        cx,
+                        hedge_running,
+                        shared,
+                        attempt_started,
+                    );
+                    if outcome.is_none()
+                        && let Some(waits) = this.waits.as_mut()
+                    {
+                        outcome = poll_attempt(
+                            waits.as_mut().project().hedge,
+                            cx,
+                            this.primary.is_some(),
+                            shared,
+                            attempt_started,
+                        );
                     }
                     let result = match outcome {
                         Some(result) => result,
                         None => {
+                            if this.waits.is_none() && (timed || *this.hedge_due) {
+                                // The first attempt has to wait: its timers start now.
+                                let started =
+                                    this.started.expect("timers are set only with a clock");
+                                let waits = ensure_waits(this.waits).project();
+                                if let Some(end) =
+                                    attempt_end(started, config.attempt_timeout, deadline)
+                                {
+                                    arm(waits.timer, end);
+                                }
+                                if let (true, Some(delay)) = (*this.hedge_due, config.hedge) {
+                                    arm(waits.hedge_timer, after(started, delay));
+                                }
+                            }
+                            let Some(waits) = this.waits.as_mut() else {
+                                return Poll::Pending;
+                            };
+                            let mut waits = waits.as_mut().project();
                             if *this.hedge_due
-                                && let Some(timer) = this.hedge_timer.as_mut().as_pin_mut()
+                                && let Some(timer) = waits.hedge_timer.as_mut().as_pin_mut()
                                 && timer.poll(cx).is_ready()
-                                && this
-                                    .deadline
-                                    .is_none_or(|deadline| Instant::now() < deadline)
+                                && deadline.is_none_or(|deadline| Instant::now() < deadline)
                             {
                                 match this.service.poll_ready(cx) {
                                     Poll::Pending => {}
@@ -248,41 +301,36 @@ where
                                                     attempt: *this.attempt,
                                                 });
                                                 let future = this.service.call(request);
-                                                this.hedge.set(Some(future));
+                                                waits.hedge.set(Some(future));
                                                 continue;
                                             }
                                         }
                                     }
                                 }
                             }
-                            let timer = this.timer.as_mut().as_pin_mut();
+                            let timer = waits.timer.as_mut().as_pin_mut();
                             let Some(timer) = timer.filter(|_| timed) else {
                                 return Poll::Pending;
                             };
                             ready!(timer.poll(cx));
-                            // Cancel whatever still runs.
-                            this.primary.set(None);
-                            this.hedge.set(None);
-                            Err(timed_out(
-                                config.attempt_timeout,
-                                config.deadline,
-                                *this.deadline,
-                            ))
+                            Err(timed_out(config.attempt_timeout, config.deadline, deadline))
                         }
                     };
-                    // The loser, if any, is cancelled.
+                    // Whatever still runs (the loser, or both when cut off) is cancelled.
                     this.primary.set(None);
-                    this.hedge.set(None);
+                    if let Some(waits) = this.waits.as_mut() {
+                        waits.as_mut().project().hedge.set(None);
+                    }
                     *this.hedge_due = false;
                     let plan = Plan {
                         shared,
                         attempt: *this.attempt,
                         can_resend: this.request.is_some(),
                         started: *this.started,
-                        deadline: *this.deadline,
-                        attempt_started: *this.attempt_started,
+                        deadline,
+                        attempt_started,
                     };
-                    match plan.next_delay::<_, Request>(&result, this.delays) {
+                    match plan.next_delay::<_, Request, _>(&result, this.waits) {
                         None => {
                             return Poll::Ready(result.map(|mut response| {
                                 shared.replay.record_attempts(&mut response, *this.attempt);
@@ -291,29 +339,32 @@ where
                         }
                         Some(delay) => {
                             drop(result);
+                            let timer = ensure_waits(this.waits).project().timer;
                             if delay.is_zero() {
-                                if let Some(deadline) = *this.deadline {
-                                    arm(this.timer.as_mut(), deadline);
+                                if let Some(deadline) = deadline {
+                                    arm(timer, deadline);
                                 }
                                 *this.phase = Phase::Readying;
                             } else {
-                                arm(this.timer.as_mut(), after(Instant::now(), delay));
+                                arm(timer, after(Instant::now(), delay));
                                 *this.phase = Phase::Waiting;
                             }
                         }
                     }
                 }
                 Phase::Waiting => {
-                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                    let mut waits = ensure_waits(this.waits).project();
+                    if let Some(timer) = waits.timer.as_mut().as_pin_mut() {
                         ready!(timer.poll(cx));
                     }
                     // While waiting for readiness, the timer watches the deadline.
-                    if let Some(deadline) = *this.deadline {
-                        arm(this.timer.as_mut(), deadline);
+                    if let Some(deadline) = deadline {
+                        arm(waits.timer, deadline);
                     }
                     *this.phase = Phase::Readying;
                 }
                 Phase::Readying => {
+                    let mut waits = ensure_waits(this.waits).project();
                     match this.service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
@@ -321,7 +372,7 @@ where
                             // The deadline passed before the inner service was ready: the
                             // retry never started.
                             if let (Some(after), Some(timer)) =
-                                (config.deadline, this.timer.as_mut().as_pin_mut())
+                                (config.deadline, waits.timer.as_mut().as_pin_mut())
                             {
                                 ready!(timer.poll(cx));
                                 tracing::debug!(attempts = *this.attempt, "giving up");
@@ -338,20 +389,18 @@ where
                     let more = *this.attempt < max_attempts;
                     let request = next_request(this.request, &shared.replay, more)
                         .expect("a retry is only planned while a copy of the request is kept");
-                    let now = (timed || config.hedge.is_some() || this.attempt_started.is_some())
-                        .then(Instant::now);
-                    if this.attempt_started.is_some() {
-                        *this.attempt_started = now;
-                    }
+                    let now =
+                        (timed || config.hedge.is_some() || timed_classify).then(Instant::now);
+                    *waits.attempt_started = now;
                     if let Some(end) =
-                        now.and_then(|now| attempt_end(now, config.attempt_timeout, *this.deadline))
+                        now.and_then(|now| attempt_end(now, config.attempt_timeout, deadline))
                     {
-                        arm(this.timer.as_mut(), end);
+                        arm(waits.timer, end);
                     }
                     if let (Some(now), Some(delay)) = (now, config.hedge)
                         && this.request.is_some()
                     {
-                        arm(this.hedge_timer.as_mut(), after(now, delay));
+                        arm(waits.hedge_timer, after(now, delay));
                         *this.hedge_due = true;
                     }
                     let future = this.service.call(request);
@@ -361,6 +410,32 @@ where
             }
         }
     }
+}
+
+/// Polls one attempt: its outcome once it has one, unless that is a failure while the
+/// `other` attempt still runs (the failed attempt is then dropped and the other awaited).
+fn poll_attempt<F, T, E, C>(
+    mut slot: Pin<&mut Option<F>>,
+    cx: &mut Context<'_>,
+    other_running: bool,
+    shared: &Shared<C, impl Sized>,
+    attempt_started: Option<Instant>,
+) -> Option<Result<T, BoxError>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, BoxError>,
+{
+    let Poll::Ready(result) = slot.as_mut().as_pin_mut()?.poll(cx) else {
+        return None;
+    };
+    slot.set(None);
+    let result = result.map_err(Into::into);
+    if other_running && is_failure(shared, &result, attempt_started) {
+        tracing::debug!("an attempt failed while its hedge runs");
+        return None;
+    }
+    Some(result)
 }
 
 /// Whether `result` is a failure, which a hedge still running may yet replace.
@@ -400,10 +475,10 @@ struct Plan<'a, C, P> {
 
 impl<C, P> Plan<'_, C, P> {
     /// The delay before the next attempt, or `None` to return `result`.
-    fn next_delay<T, Request>(
+    fn next_delay<T, Request, F>(
         &self,
         result: &Result<T, BoxError>,
-        delays: &mut Option<Delays>,
+        waits_slot: &mut Option<Pin<Box<Waits<F>>>>,
     ) -> Option<Duration>
     where
         C: Classify<T, BoxError>,
@@ -441,7 +516,10 @@ impl<C, P> Plan<'_, C, P> {
         {
             return self.give_up();
         }
-        let delays = delays.get_or_insert_with(|| shared.config.backoff.delays());
+        let delays = ensure_waits(waits_slot)
+            .project()
+            .delays
+            .get_or_insert_with(|| shared.config.backoff.delays());
         let since_start = self
             .started
             .map_or(Duration::ZERO, |started| started.elapsed());

@@ -82,7 +82,7 @@ fn successful_calls_allocate_nothing_unbudgeted() {
 
 #[tokio::test]
 async fn successful_calls_with_time_limits_allocate_nothing() {
-    // The timer lives inline in the response future.
+    // The timers are made only when an attempt has to wait; here none does.
     let config = RetryConfig::builder()
         .attempt_timeout(Duration::from_secs(1))
         .deadline(Duration::from_secs(5))
