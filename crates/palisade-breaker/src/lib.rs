@@ -107,7 +107,7 @@ pub use crate::keyed::HostKey;
 pub use crate::keyed::{
     KeyExtractor, KeyFn, KeyedCircuitBreaker, KeyedCircuitBreakerLayer, key_fn,
 };
-pub use crate::layer::CircuitBreakerLayer;
+pub use crate::layer::{CircuitBreakerLayer, PerServiceCircuitBreakerLayer};
 pub use crate::service::CircuitBreaker;
 pub use crate::state::Metrics;
 pub use palisade_core::reject::CircuitOpen;

@@ -565,3 +565,27 @@ fn the_default_configuration_is_documented_and_valid() {
     assert_eq!(config.half_open_probes(), nz(3));
     assert_eq!(config.name(), "circuit_breaker");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_per_service_layer_gives_each_service_its_own_breaker() {
+    use palisade_breaker::CircuitBreakerLayer;
+    use tower::{Layer, ServiceExt};
+
+    let layer = CircuitBreakerLayer::per_service(
+        CircuitBreakerConfig::builder()
+            .consecutive_failures(nz(2))
+            .build()
+            .unwrap(),
+    );
+    let upstream = |fail: bool| async move { if fail { Err("down") } else { Ok("up") } };
+    let a = layer.layer(tower::service_fn(upstream));
+    let b = layer.layer(tower::service_fn(upstream));
+    for _ in 0..2 {
+        assert!(a.clone().oneshot(true).await.is_err());
+    }
+    assert_eq!(a.handle().state(), State::Open);
+    // A clone of `a` shares its breaker; `b` has its own, still closed.
+    assert_eq!(a.clone().handle().state(), State::Open);
+    assert_eq!(b.handle().state(), State::Closed);
+    assert_eq!(b.clone().oneshot(false).await.unwrap(), "up");
+}
