@@ -17,8 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::FutureExt;
-use palisade_benches::{EchoFuture, ThreadExecutor, echo};
+use palisade_benches::{EchoFuture, ThreadExecutor, assert_echoes, call_now, echo};
 use palisade_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
 use tower::{Layer, Service, ServiceExt};
 
@@ -53,32 +52,6 @@ where
 
     fn call(&mut self, request: u64) -> Self::Future {
         self.breaker.call(self.inner.call(request))
-    }
-}
-
-/// One call on one thread: `ready` + `call`, each future polled once (they are ready at once).
-fn call_now<S: Service<u64>>(
-    service: &mut S,
-    request: u64,
-) -> Option<Result<S::Response, S::Error>> {
-    let ready = service.ready().now_or_never().expect("ready at once");
-    let Ok(ready) = ready else {
-        panic!("the service failed its readiness check");
-    };
-    ready.call(request).now_or_never()
-}
-
-/// Checks that a variant answers its request (the breaker is closed and lets it through)
-/// before it is measured.
-fn assert_echoes<S>(mut service: S)
-where
-    S: Service<u64>,
-    S::Response: PartialEq<u64> + std::fmt::Debug,
-    S::Error: std::fmt::Debug,
-{
-    for request in 0..1_000 {
-        let response = call_now(&mut service, request).expect("completes at once");
-        assert!(response.expect("success") == request);
     }
 }
 

@@ -9,10 +9,9 @@ use std::future::Ready;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::FutureExt;
-use palisade_benches::echo;
+use palisade_benches::{assert_echoes, call_now, echo};
 use palisade_retry::{RetryConfig, RetryLayer};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 /// tower's retry with a policy that never retries: its cheapest configuration.
 #[derive(Clone, Copy)]
@@ -30,32 +29,15 @@ impl<E> tower::retry::Policy<u64, u64, E> for NeverRetry {
     }
 }
 
-fn call_now<S: Service<u64>>(
-    service: &mut S,
-    request: u64,
-) -> Option<Result<S::Response, S::Error>> {
-    let ready = service.ready().now_or_never().expect("ready at once");
-    let Ok(ready) = ready else {
-        panic!("the service failed its readiness check");
-    };
-    ready.call(request).now_or_never()
-}
-
 fn bench<S>(
-    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     mut service: S,
 ) where
     S: Service<u64>,
-    S::Response: PartialEq<u64>,
-    S::Error: std::fmt::Debug,
 {
-    for request in 0..1_000 {
-        let response = call_now(&mut service, request).expect("completes at once");
-        assert!(response.expect("success") == request, "{name} must echo");
-    }
     let mut request = 0u64;
-    c.bench_function(name, |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             request = request.wrapping_add(1);
             black_box(call_now(&mut service, black_box(request)))
@@ -64,6 +46,12 @@ fn bench<S>(
 }
 
 fn retry(c: &mut Criterion) {
+    let unbudgeted = RetryConfig::builder().unbudgeted().build().expect("valid");
+    assert_echoes(tower::retry::RetryLayer::new(NeverRetry).layer(echo()));
+    assert_echoes(RetryLayer::new(RetryConfig::default()).layer(echo()));
+    assert_echoes(RetryLayer::new(unbudgeted.clone()).layer(echo()));
+    assert_echoes(echo());
+
     let mut group = c.benchmark_group("retry/success");
     group.throughput(Throughput::Elements(1));
     bench(&mut group, "bare", echo());
@@ -77,7 +65,6 @@ fn retry(c: &mut Criterion) {
         "palisade/budget",
         RetryLayer::new(RetryConfig::default()).layer(echo()),
     );
-    let unbudgeted = RetryConfig::builder().unbudgeted().build().expect("valid");
     bench(
         &mut group,
         "palisade/unbudgeted",

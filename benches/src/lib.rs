@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
+use futures_util::FutureExt;
+use tower::{Service, ServiceExt};
+
 /// The bare service's response future: ready at once.
 pub type EchoFuture = Ready<Result<u64, Infallible>>;
 
@@ -15,6 +18,41 @@ pub type EchoFuture = Ready<Result<u64, Infallible>>;
 /// bare, then wrapped, so the ratio is the layer's own cost.
 pub fn echo() -> tower::util::ServiceFn<fn(u64) -> EchoFuture> {
     tower::service_fn(|request: u64| ready(Ok(request)))
+}
+
+/// One call on one thread: `ready` + `call`, each future polled once (in these benches they
+/// are ready at once); `None` if the response was not.
+///
+/// # Panics
+///
+/// If the service is not ready at once or fails its readiness check.
+pub fn call_now<S: Service<u64>>(
+    service: &mut S,
+    request: u64,
+) -> Option<Result<S::Response, S::Error>> {
+    let ready = service.ready().now_or_never().expect("ready at once");
+    let Ok(ready) = ready else {
+        panic!("the service failed its readiness check");
+    };
+    ready.call(request).now_or_never()
+}
+
+/// Checks that a variant answers its requests before it is measured (a breaker that is
+/// closed, a retry layer that returns the first success).
+///
+/// # Panics
+///
+/// If any of 1,000 requests is not echoed at once.
+pub fn assert_echoes<S>(mut service: S)
+where
+    S: Service<u64>,
+    S::Response: PartialEq<u64> + std::fmt::Debug,
+    S::Error: std::fmt::Debug,
+{
+    for request in 0..1_000 {
+        let response = call_now(&mut service, request).expect("completes at once");
+        assert!(response.expect("success") == request);
+    }
 }
 
 /// Runs futures to completion on the thread that made it, parking the thread while a future

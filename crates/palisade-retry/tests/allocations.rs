@@ -1,58 +1,18 @@
 //! A call that succeeds at the first attempt allocates nothing, budget included.
 //!
 //! This binary counts heap allocations with a wrapping global allocator, per thread, so the
-//! test harness's own threads do not disturb the count. A global allocator needs `unsafe`:
-//! the workspace denies it everywhere else.
+//! test harness's own threads do not disturb the count.
 
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::{Future, ready};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::future::ready;
 use std::time::Duration;
 
 use palisade_retry::{RetryConfig, RetryLayer};
+use palisade_testkit::alloc::{CountingAllocator, allocations, now};
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
-
-thread_local! {
-    // A `const` thread-local without destructor: reading it never allocates.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Polls a future that completes at once.
-fn now<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the future was expected to complete at once"),
-    }
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn successful_calls_allocate_nothing(config: RetryConfig) {
     let layer = RetryLayer::new(config);

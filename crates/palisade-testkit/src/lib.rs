@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+pub mod alloc;
 mod error;
 mod postgres;
 mod process;
