@@ -103,3 +103,46 @@ impl Event for BreakerEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_themselves_for_metrics_and_state_changes_carry_the_state_gauge() {
+        let name: Arc<str> = Arc::from("payments");
+        let opened = BreakerEvent::StateChanged {
+            name: Arc::clone(&name),
+            from: State::Closed,
+            to: State::Open,
+            open_for: Some(Duration::from_secs(5)),
+        };
+        let rejected = BreakerEvent::Rejected {
+            name,
+            state: State::Open,
+            retry_after: Duration::from_secs(5),
+        };
+        assert_eq!(
+            (opened.component(), opened.kind()),
+            ("breaker", "state_changed")
+        );
+        assert_eq!(rejected.kind(), "rejected");
+
+        let mut readings = Vec::new();
+        opened.readings(&mut |r| readings.push((r.name(), r.value())));
+        assert_eq!(readings, [("palisade_breaker_state", 1.0)]);
+        rejected.readings(&mut |_| panic!("a rejection carries no reading"));
+
+        let gauges: Vec<f64> = [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::Disabled,
+            State::MetricsOnly,
+        ]
+        .map(State::as_gauge)
+        .to_vec();
+        assert_eq!(gauges, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+}
