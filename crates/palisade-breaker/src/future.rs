@@ -66,13 +66,7 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future } => {
-                let result = match this.guard {
-                    Some(guard) => ready!(guard.poll(future, cx)),
-                    None => ready!(future.poll(cx)),
-                };
-                if let Some(guard) = this.guard.take() {
-                    guard.finish(result.as_ref());
-                }
+                let result = ready!(Guard::poll_call(this.guard, future, cx));
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { rejection } => {
@@ -142,14 +136,32 @@ impl<C> Guard<C> {
         }
     }
 
+    /// Polls a permitted call's future through its guard (if any) and, once it completes,
+    /// records its outcome: the part every breaker future shares.
+    #[inline]
+    pub(crate) fn poll_call<F, T, E>(
+        guard: &mut Option<Self>,
+        future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        C: Classify<T, E>,
+    {
+        let result = match guard {
+            Some(guard) => ready!(guard.poll(future, cx)),
+            None => ready!(future.poll(cx)),
+        };
+        if let Some(guard) = guard.take() {
+            guard.finish(result.as_ref());
+        }
+        Poll::Ready(result)
+    }
+
     /// Polls the guarded call's future. If it panics, `Drop` counts the call as failed; if
     /// it is pending and then dropped, as cancelled.
     #[inline]
-    pub(crate) fn poll<F: Future>(
-        &mut self,
-        future: Pin<&mut F>,
-        cx: &mut Context<'_>,
-    ) -> Poll<F::Output> {
+    fn poll<F: Future>(&mut self, future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
         self.polling = true;
         let poll = future.poll(cx);
         self.polling = false;
@@ -157,7 +169,7 @@ impl<C> Guard<C> {
     }
 
     #[inline]
-    pub(crate) fn finish<T, E>(mut self, result: Result<&T, &E>)
+    fn finish<T, E>(mut self, result: Result<&T, &E>)
     where
         C: Classify<T, E>,
     {

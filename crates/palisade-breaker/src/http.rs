@@ -60,7 +60,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use ::http::{Request, Response};
 use palisade_core::classify::{Classify, StatusClassify};
@@ -388,16 +388,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Called { future } => {
-                let result = match this.guard {
-                    Some(guard) => ready!(guard.poll(future, cx)),
-                    None => ready!(future.poll(cx)),
-                };
-                if let Some(guard) = this.guard.take() {
-                    guard.finish(result.as_ref());
-                }
-                Poll::Ready(result)
-            }
+            KindProj::Called { future } => Guard::poll_call(this.guard, future, cx),
             KindProj::Fallback { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("http::ResponseFuture polled after it completed"))),
