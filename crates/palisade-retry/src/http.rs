@@ -10,11 +10,13 @@
 //!   `PUT`, `DELETE`, `TRACE`) and requests carrying an `Idempotency-Key` header, unless the
 //!   caller opts in with [`HttpReplay::retry_non_idempotent`]. Others are sent once.
 //! - **Bodies**: a request is sent again by cloning it, so the body type must be `Clone`
-//!   (`String`, `Bytes`, `http_body_util::Full<Bytes>`, ...). A body larger than
-//!   [`HttpReplay::max_body`] (64 KiB by default), or whose size is not known up front (its
-//!   [`size_hint`](http_body::Body::size_hint) has no upper bound), is **sent once and not
-//!   retried**: the request is not kept in memory for a retry. Buffer a streaming body
-//!   yourself (e.g. `http_body_util::BodyExt::collect`) to make it retryable.
+//!   (`String`, `Bytes`, `http_body_util::Full<Bytes>`, ...), or a [`ReplayBody`]. A body
+//!   larger than [`HttpReplay::max_body`] (64 KiB by default), or whose size is not known up
+//!   front (its [`size_hint`](http_body::Body::size_hint) has no upper bound), is **sent once
+//!   and not retried**: the request is not kept in memory for a retry. For streaming bodies
+//!   (hyper's `Incoming`, a `StreamBody`), put a [`BufferBodyLayer`] in front of the retry
+//!   layer: it reads bodies up to a limit into a [`ReplayBody`], which is sent again; a
+//!   longer body streams through once, not retried (see [`BufferBodyLayer`]).
 //! - **Server hints**: `Retry-After` on `429` and `503` responses (delta-seconds, or an
 //!   HTTP-date in the IMF-fixdate form, read against the system clock; the obsolete date
 //!   forms are ignored and the backoff applies), and gRPC's `grpc-retry-pushback-ms` on any
@@ -57,6 +59,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use palisade_core::classify::{Outcome, StatusClassify};
 
+pub use crate::body::{BodyReadFailed, BufferBody, BufferBodyLayer, BufferFuture, ReplayBody};
 use crate::config::RetryConfig;
 use crate::layer::RetryLayer;
 use crate::replay::{Attempts, Hint, Replay};
@@ -158,41 +161,85 @@ where
             return None;
         }
         let size = request.body().size_hint().upper()?;
-        if size > self.max_body {
-            tracing::debug!(
-                size,
-                max = self.max_body,
-                "body too large to retry; sent once"
-            );
+        if !self.fits(size) {
             return None;
         }
         Some(request.clone())
     }
 
     fn hint(&self, response: &Response<ResBody>) -> Hint {
-        let headers = response.headers();
-        if let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) {
-            return match value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-            {
-                Some(ms) if ms >= 0 => Hint::After(Duration::from_millis(ms.unsigned_abs())),
-                _ => Hint::DoNotRetry,
-            };
-        }
-        let status = response.status();
-        if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
-            && let Some(after) = headers.get(header::RETRY_AFTER).and_then(retry_after)
-        {
-            return Hint::After(after);
-        }
-        Hint::Backoff
+        hint(response)
     }
 
     fn record_attempts(&self, response: &mut Response<ResBody>, attempts: u32) {
         response.extensions_mut().insert(Attempts(attempts));
     }
+}
+
+/// Requests whose body [`BufferBody`] read into memory are sent again with a copy of it;
+/// those it streams through are sent once.
+impl<B, ResBody> Replay<Request<ReplayBody<B>>, Response<ResBody>> for HttpReplay {
+    fn replay(&self, request: &Request<ReplayBody<B>>) -> Option<Request<ReplayBody<B>>> {
+        if !self.is_replayable(request.method(), request.headers()) {
+            return None;
+        }
+        if !self.fits(request.body().buffered_len()?) {
+            return None;
+        }
+        let mut copy = Request::new(request.body().try_clone()?);
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        Some(copy)
+    }
+
+    fn hint(&self, response: &Response<ResBody>) -> Hint {
+        hint(response)
+    }
+
+    fn record_attempts(&self, response: &mut Response<ResBody>, attempts: u32) {
+        response.extensions_mut().insert(Attempts(attempts));
+    }
+}
+
+impl HttpReplay {
+    /// Whether a body of `size` bytes may be kept for a retry.
+    fn fits(&self, size: u64) -> bool {
+        if size > self.max_body {
+            tracing::debug!(
+                size,
+                max = self.max_body,
+                "body too large to retry; sent once"
+            );
+            return false;
+        }
+        true
+    }
+}
+
+/// What a failed response says about retrying: `grpc-retry-pushback-ms`, or `Retry-After`
+/// on a 429 or 503.
+fn hint<ResBody>(response: &Response<ResBody>) -> Hint {
+    let headers = response.headers();
+    if let Some(value) = headers.get(GRPC_RETRY_PUSHBACK_MS) {
+        return match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            Some(ms) if ms >= 0 => Hint::After(Duration::from_millis(ms.unsigned_abs())),
+            _ => Hint::DoNotRetry,
+        };
+    }
+    let status = response.status();
+    if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+        && let Some(after) = headers.get(header::RETRY_AFTER).and_then(retry_after)
+    {
+        return Hint::After(after);
+    }
+    Hint::Backoff
 }
 
 /// A `Retry-After` value: delta-seconds, or an IMF-fixdate (RFC 9110, section 5.6.7).

@@ -74,8 +74,10 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `http` | module `http`: a classifier for HTTP responses (5xx but 501, 429, 408), `HttpReplay` (idempotent methods only unless opted in, `Retry-After` and `grpc-retry-pushback-ms` hints, an [`Attempts`] response extension) |
+//! | `http` | module `http`: a classifier for HTTP responses (5xx but 501, 429, 408), `HttpReplay` (idempotent methods only unless opted in, `Retry-After` and `grpc-retry-pushback-ms` hints, an [`Attempts`] response extension), `BufferBodyLayer` (streaming request bodies buffered up to a limit so they can be sent again) |
 
+#[cfg(feature = "http")]
+mod body;
 mod budget;
 mod config;
 mod error;
