@@ -29,6 +29,80 @@ pub enum ConfigError {
     /// The budget's window must last from one second to one hour.
     #[error("retry budget window must last from 1s to 1h, got {0:?}")]
     InvalidBudgetTtl(Duration),
+    /// A hedging percentile must be a number above 0 and below 100.
+    #[error("hedging percentile must be above 0 and below 100, got {0}")]
+    InvalidHedgePercentile(f64),
+}
+
+/// How long the latency history behind [`Hedge::at_percentile`] is: the percentile covers
+/// the latencies of the last one to two windows of this length (**10 s**).
+pub const HEDGE_WINDOW: Duration = Duration::from_secs(10);
+
+/// When to hedge an attempt that has not answered; see [`RetryConfigBuilder::hedge_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hedge {
+    pub(crate) kind: HedgeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum HedgeKind {
+    After(Duration),
+    Percentile { percentile: f64, fallback: Duration },
+}
+
+impl Hedge {
+    /// Hedges after a fixed `delay`.
+    #[must_use]
+    pub const fn after(delay: Duration) -> Self {
+        Self {
+            kind: HedgeKind::After(delay),
+        }
+    }
+
+    /// Hedges after the `percentile` (above 0, below 100; e.g. `95.0`) of the latencies of
+    /// this layer's recent attempts, so that only the slowest `100 - percentile` % are
+    /// hedged. Until the last [`HEDGE_WINDOW`]s hold 50 latencies, hedges after `fallback`.
+    ///
+    /// A latency is the time from an attempt's start to its first answer (its own or its
+    /// hedge's) that is not a failure; attempts cut off by a timeout are not counted. It is
+    /// read from a histogram with four buckets per doubling, so the delay is rounded up by
+    /// at most 19 %. The percentile is checked by [`RetryConfigBuilder::build`].
+    #[must_use]
+    pub const fn at_percentile(percentile: f64, fallback: Duration) -> Self {
+        Self {
+            kind: HedgeKind::Percentile {
+                percentile,
+                fallback,
+            },
+        }
+    }
+
+    /// The fixed delay, if this hedge has one.
+    pub const fn delay(&self) -> Option<Duration> {
+        match self.kind {
+            HedgeKind::After(delay) => Some(delay),
+            HedgeKind::Percentile { .. } => None,
+        }
+    }
+
+    /// The latency percentile, if this hedge follows one.
+    pub const fn percentile(&self) -> Option<f64> {
+        match self.kind {
+            HedgeKind::After(_) => None,
+            HedgeKind::Percentile { percentile, .. } => Some(percentile),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        match self.kind {
+            HedgeKind::Percentile { percentile, .. }
+                if !(percentile > 0.0 && percentile < 100.0) =>
+            {
+                Err(ConfigError::InvalidHedgePercentile(percentile))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How many retries all the calls through one layer may add: a Finagle / Envoy style retry
@@ -121,7 +195,7 @@ pub struct RetryConfig {
     pub(crate) budget: Option<BudgetConfig>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
-    pub(crate) hedge: Option<Duration>,
+    pub(crate) hedge: Option<Hedge>,
     pub(crate) listener: Option<Arc<dyn Listener<RetryEvent>>>,
 }
 
@@ -191,8 +265,8 @@ impl RetryConfig {
         self.deadline
     }
 
-    /// The hedge delay, if hedging is on.
-    pub const fn hedge(&self) -> Option<Duration> {
+    /// When attempts are hedged, if hedging is on.
+    pub const fn hedge(&self) -> Option<Hedge> {
         self.hedge
     }
 }
@@ -255,8 +329,17 @@ impl RetryConfigBuilder {
     /// the budget allows it). The first outcome that is not a failure wins and the other
     /// attempt is cancelled (dropped); if both fail, the last failure is retried as usual.
     /// A hedge counts as an attempt and withdraws from the retry budget.
-    pub fn hedge(mut self, delay: Duration) -> Self {
-        self.config.hedge = Some(delay);
+    ///
+    /// To hedge at a latency percentile instead, see [`hedge_with`](Self::hedge_with).
+    pub fn hedge(self, delay: Duration) -> Self {
+        self.hedge_with(Hedge::after(delay))
+    }
+
+    /// Hedges as `hedge` says: after a fixed delay ([`Hedge::after`], the same as
+    /// [`hedge`](Self::hedge)) or at a percentile of recent latencies
+    /// ([`Hedge::at_percentile`]), so that only the slowest attempts are hedged.
+    pub fn hedge_with(mut self, hedge: Hedge) -> Self {
+        self.config.hedge = Some(hedge);
         self
     }
 
@@ -272,7 +355,8 @@ impl RetryConfigBuilder {
     ///
     /// [`ConfigError::ZeroAttemptTimeout`], [`ConfigError::ZeroDeadline`] for zero durations;
     /// [`ConfigError::InvalidBudgetRatio`], [`ConfigError::InvalidBudgetTtl`] for a budget out
-    /// of range.
+    /// of range; [`ConfigError::InvalidHedgePercentile`] for a percentile not strictly between
+    /// 0 and 100.
     pub fn build(self) -> Result<RetryConfig, ConfigError> {
         let config = self.config;
         if config.attempt_timeout.is_some_and(|t| t.is_zero()) {
@@ -283,6 +367,9 @@ impl RetryConfigBuilder {
         }
         if let Some(budget) = &config.budget {
             budget.check()?;
+        }
+        if let Some(hedge) = &config.hedge {
+            hedge.check()?;
         }
         Ok(config)
     }

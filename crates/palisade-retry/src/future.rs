@@ -18,6 +18,7 @@ use tracing::Span;
 use crate::config::RetryConfig;
 use crate::error::{AttemptTimedOut, DeadlineExceeded};
 use crate::event::RetryEvent;
+use crate::latency::Latencies;
 use crate::replay::{Hint, Replay};
 use crate::service::Shared;
 
@@ -252,6 +253,7 @@ where
                             attempt_started,
                         );
                     }
+                    let answered = outcome.is_some();
                     let result = match outcome {
                         Some(result) => result,
                         None => {
@@ -265,7 +267,8 @@ where
                                 {
                                     arm(waits.timer, end);
                                 }
-                                if let (true, Some(delay)) = (*this.hedge_due, config.hedge) {
+                                if let (true, Some(delay)) = (*this.hedge_due, shared.hedge_delay())
+                                {
                                     arm(waits.hedge_timer, after(started, delay));
                                 }
                             }
@@ -316,6 +319,9 @@ where
                             Err(timed_out(config.attempt_timeout, config.deadline, deadline))
                         }
                     };
+                    if answered && let Some(latencies) = &shared.latencies {
+                        record_latency(latencies, shared, &result, *this.started, this.waits);
+                    }
                     // Whatever still runs (the loser, or both when cut off) is cancelled.
                     this.primary.set(None);
                     if let Some(waits) = this.waits.as_mut() {
@@ -397,7 +403,7 @@ where
                     {
                         arm(waits.timer, end);
                     }
-                    if let (Some(now), Some(delay)) = (now, config.hedge)
+                    if let (Some(now), Some(delay)) = (now, shared.hedge_delay())
                         && this.request.is_some()
                     {
                         arm(waits.hedge_timer, after(now, delay));
@@ -436,6 +442,30 @@ where
         return None;
     }
     Some(result)
+}
+
+/// Records how long the running attempt took to answer, unless it failed (hedging at a
+/// latency percentile).
+fn record_latency<C, T, F>(
+    latencies: &Latencies,
+    shared: &Shared<C, impl Sized>,
+    result: &Result<T, BoxError>,
+    started: Option<Instant>,
+    waits: &Option<Pin<Box<Waits<F>>>>,
+) where
+    C: Classify<T, BoxError>,
+{
+    // A retry's start, else the call's (the first attempt's).
+    let Some(start) = waits
+        .as_ref()
+        .and_then(|waits| waits.attempt_started)
+        .or(started)
+    else {
+        return;
+    };
+    if !is_failure(shared, result, Some(start)) {
+        latencies.record(start.elapsed());
+    }
 }
 
 /// Whether `result` is a failure, which a hedge still running may yet replace.

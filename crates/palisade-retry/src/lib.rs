@@ -22,7 +22,8 @@
 //!   still running at the deadline is cancelled ([`DeadlineExceeded`]).
 //! - **Hedging** (off by default, [`hedge`](RetryConfigBuilder::hedge)): when an attempt has
 //!   not answered after a delay, the request is sent again beside it; the first success wins
-//!   and the other attempt is cancelled (dropped). Hedges count as attempts and draw on the
+//!   and the other attempt is cancelled (dropped). The delay is fixed or a percentile of
+//!   recent latencies ([`Hedge::at_percentile`]). Hedges count as attempts and draw on the
 //!   same budget.
 //! - **Readiness**: `poll_ready` is called on the inner service before every attempt, as in
 //!   tower's retry; the inner service must be `Clone`. Requests are sent again through a
@@ -85,12 +86,13 @@ mod event;
 mod future;
 #[cfg(feature = "http")]
 pub mod http;
+mod latency;
 mod layer;
 mod replay;
 mod service;
 
 pub use crate::config::{
-    BUDGET_BUCKETS, BudgetConfig, ConfigError, RetryConfig, RetryConfigBuilder,
+    BUDGET_BUCKETS, BudgetConfig, ConfigError, HEDGE_WINDOW, Hedge, RetryConfig, RetryConfigBuilder,
 };
 pub use crate::error::{AttemptTimedOut, DeadlineExceeded};
 pub use crate::event::RetryEvent;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use palisade_core::BoxError;
 use palisade_core::classify::{Classify, DefaultClassify};
@@ -9,9 +10,10 @@ use palisade_core::event::Listener;
 use tower_service::Service;
 
 use crate::budget::Budget;
-use crate::config::RetryConfig;
+use crate::config::{HEDGE_WINDOW, HedgeKind, RetryConfig};
 use crate::event::RetryEvent;
 use crate::future::ResponseFuture;
+use crate::latency::Latencies;
 use crate::replay::{CloneRequest, Replay};
 
 /// What one layer's services share: configuration, strategies, the budget.
@@ -20,15 +22,34 @@ pub(crate) struct Shared<C, P> {
     pub(crate) classify: C,
     pub(crate) replay: P,
     pub(crate) budget: Option<Budget>,
+    /// Recent latencies, when hedging follows a percentile of them.
+    pub(crate) latencies: Option<Latencies>,
 }
 
 impl<C, P> Shared<C, P> {
     pub(crate) fn new(config: RetryConfig, classify: C, replay: P) -> Self {
+        let latencies = match config.hedge.map(|hedge| hedge.kind) {
+            Some(HedgeKind::Percentile {
+                percentile,
+                fallback,
+            }) => Some(Latencies::new(percentile, fallback, HEDGE_WINDOW)),
+            _ => None,
+        };
         Self {
             budget: config.budget.map(Budget::new),
+            latencies,
             config,
             classify,
             replay,
+        }
+    }
+
+    /// How long an attempt runs before it is hedged, if hedging is on.
+    #[inline]
+    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
+        match self.config.hedge?.kind {
+            HedgeKind::After(delay) => Some(delay),
+            HedgeKind::Percentile { .. } => self.latencies.as_ref().map(Latencies::delay),
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use palisade_core::BoxError;
 use palisade_core::backoff::Backoff;
-use palisade_retry::{BudgetConfig, RetryConfig, RetryEvent, RetryLayer};
+use palisade_retry::{BudgetConfig, Hedge, RetryConfig, RetryEvent, RetryLayer};
 use support::{Calls, Events};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
@@ -184,4 +184,108 @@ async fn hedges_draw_on_the_retry_budget() {
     let service = layer.layer(upstream(calls.clone(), Cancelled::default(), slow));
     assert_eq!(service.oneshot(()).await.unwrap(), 1);
     assert_eq!(calls.count(), 1, "the budget is spent: no hedge");
+}
+
+/// Upstream for percentile hedging: a request `(id, latency)` takes `latency`, unless the
+/// call before had the same id (it is that call's hedge): then it takes 1 ms.
+fn by_latency(
+    calls: Calls,
+) -> impl tower::Service<(u32, Duration), Response = usize, Error = BoxError, Future = BoxFuture> + Clone
+{
+    let last = Arc::new(std::sync::Mutex::new(None));
+    tower::service_fn(move |(id, latency): (u32, Duration)| {
+        calls.record();
+        let hedge = last.lock().unwrap().replace(id) == Some(id);
+        let took = if hedge {
+            Duration::from_millis(1)
+        } else {
+            latency
+        };
+        Box::pin(async move {
+            tokio::time::sleep(took).await;
+            Ok::<_, BoxError>(id as usize)
+        }) as BoxFuture
+    })
+}
+
+fn percentile_config(events: &Events, percentile: f64) -> RetryConfig {
+    RetryConfig::builder()
+        .hedge_with(Hedge::at_percentile(percentile, Duration::from_secs(2)))
+        .unbudgeted()
+        .listener(events.clone())
+        .build()
+        .unwrap()
+}
+
+/// Sends 100 calls taking `latency(n)`, then one whose first attempt would take an hour,
+/// and returns how long that one waited before it was hedged.
+async fn hedge_delay_after_warm_up(percentile: f64, latency: fn(u32) -> Duration) -> Duration {
+    let (events, calls) = (Events::default(), Calls::default());
+    let service = RetryLayer::new(percentile_config(&events, percentile)).layer(by_latency(calls));
+    for n in 1..=100 {
+        service.clone().oneshot((n, latency(n))).await.unwrap();
+    }
+    let started = Instant::now();
+    assert_eq!(service.oneshot((0, HOUR)).await.unwrap(), 0);
+    started.elapsed() - Duration::from_millis(1)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentile_hedge_waits_for_the_fallback_until_latencies_are_known() {
+    let (events, calls) = (Events::default(), Calls::default());
+    let service =
+        RetryLayer::new(percentile_config(&events, 90.0)).layer(by_latency(calls.clone()));
+    let started = Instant::now();
+    assert_eq!(service.oneshot((7, HOUR)).await.unwrap(), 7);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(2_001),
+        "hedged after the fallback"
+    );
+    assert_eq!(calls.count(), 2);
+    assert_eq!(events.all(), [RetryEvent::Hedged { attempt: 2 }]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentile_hedge_follows_recent_latencies() {
+    // Every call took 10 ms: a slow one is hedged after about 10 ms (rounded up by the
+    // histogram by at most 19 %), not after the 2 s fallback.
+    let delay = hedge_delay_after_warm_up(90.0, |_| Duration::from_millis(10)).await;
+    assert!(
+        delay >= Duration::from_millis(10) && delay <= Duration::from_millis(12),
+        "hedged after {delay:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_percentile_decides_how_slow_an_attempt_is_before_it_is_hedged() {
+    // Half the calls take 10 ms, half 100 ms.
+    let mixed = |n: u32| Duration::from_millis(if n.is_multiple_of(2) { 10 } else { 100 });
+    let p90 = hedge_delay_after_warm_up(90.0, mixed).await;
+    assert!(
+        p90 >= Duration::from_millis(100) && p90 <= Duration::from_millis(119),
+        "p90 hedged after {p90:?}"
+    );
+    let p40 = hedge_delay_after_warm_up(40.0, mixed).await;
+    assert!(
+        p40 >= Duration::from_millis(10) && p40 <= Duration::from_millis(12),
+        "p40 hedged after {p40:?}"
+    );
+}
+
+#[test]
+fn a_percentile_outside_0_to_100_is_refused() {
+    for percentile in [0.0, 100.0, -1.0, f64::NAN, 250.0] {
+        let error = RetryConfig::builder()
+            .hedge_with(Hedge::at_percentile(percentile, Duration::from_secs(1)))
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                palisade_retry::ConfigError::InvalidHedgePercentile(_)
+            ),
+            "{percentile}: {error}"
+        );
+    }
 }
