@@ -1,8 +1,5 @@
-//! Against a real HTTP/1.1 server on 127.0.0.1 (feature `http`).
-//!
-//! hyper is not in the workspace's dependency tree, so the server and the client are a few
-//! lines of HTTP/1.1 over tokio's TCP sockets: real sockets, real bytes, one request per
-//! connection (`Connection: close`).
+//! Against a real HTTP/1.1 server on 127.0.0.1 (feature `http`): a hyper server, and a hyper
+//! client connection per attempt, with real sockets and real bytes.
 
 #![cfg(feature = "http")]
 
@@ -12,16 +9,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
 use palisade_core::BoxError;
 use palisade_core::backoff::Backoff;
+use palisade_retry::http::{BufferBodyLayer, ReplayBody};
 use palisade_retry::{Attempts, RetryConfig, RetryLayer};
 use support::Calls;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::{Layer, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 
-/// Answers `503` + `Retry-After: 1` to the first two requests, then `200 OK`.
+/// A hyper server that answers `503` + `Retry-After: 1` to the first two requests, then
+/// `200 OK` with the request's body echoed back.
 async fn flaky_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -29,53 +31,51 @@ async fn flaky_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let counter = Arc::clone(&served);
     tokio::spawn(async move {
         loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the client closed before sending a request");
-                head.extend_from_slice(&buf[..n]);
-            }
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            let answer: &[u8] = if n <= 2 {
-                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            };
-            socket.write_all(answer).await.unwrap();
-            socket.shutdown().await.unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            let counter = Arc::clone(&counter);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    let response = if n <= 2 {
+                        Response::builder()
+                            .status(StatusCode::SERVICE_UNAVAILABLE)
+                            .header("retry-after", "1")
+                            .body(Full::new(Bytes::new()))
+                    } else {
+                        Response::builder().body(Full::new(body))
+                    };
+                    Ok::<_, BoxError>(response?)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), service),
+            );
         }
     });
     (addr, served)
 }
 
-/// Sends the request over a fresh connection; parses the status, headers and body.
-async fn send(
+/// A hyper client: one connection per attempt.
+async fn send<B>(
     addr: std::net::SocketAddr,
-    request: Request<String>,
-) -> Result<Response<String>, BoxError> {
-    let mut socket = TcpStream::connect(addr).await?;
-    let head = format!(
-        "{} {} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        request.method(),
-        request.uri().path(),
-        request.body().len(),
-        request.body(),
-    );
-    socket.write_all(head.as_bytes()).await?;
-    let mut raw = String::new();
-    socket.read_to_string(&mut raw).await?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or("truncated response")?;
-    let mut lines = head.lines();
-    let status_line = lines.next().ok_or("empty response")?;
-    let code: u16 = status_line.split(' ').nth(1).ok_or("no status")?.parse()?;
-    let mut response = Response::builder().status(code);
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or("malformed header")?;
-        response = response.header(name.trim(), value.trim());
-    }
-    Ok(response.body(body.to_owned())?)
+    request: Request<B>,
+) -> Result<Response<Bytes>, BoxError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let socket = TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(socket)).await?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response::from_parts(parts, body))
 }
 
 #[tokio::test(start_paused = true)]
@@ -83,22 +83,33 @@ async fn a_real_server_answering_503_with_retry_after_is_retried_until_200() {
     let (addr, served) = flaky_server().await;
     let calls = Calls::default();
     let counter = calls.clone();
-    let client = tower::service_fn(move |request: Request<String>| {
-        counter.record();
-        send(addr, request)
-    });
     let config = RetryConfig::builder()
         .backoff(Backoff::constant(Duration::from_millis(50)))
         .build()
         .unwrap();
-    let service = RetryLayer::http(config).layer(client);
+    let client = ServiceBuilder::new()
+        // The body is a stream (not `Clone`): buffered so that every attempt sends it whole.
+        .layer(BufferBodyLayer::default())
+        .layer(RetryLayer::http(config))
+        .service_fn(move |request: Request<ReplayBody<_>>| {
+            counter.record();
+            send(addr, request)
+        });
 
-    let request = Request::get(format!("http://{addr}/inventory"))
-        .body(String::new())
+    let chunks = ["item ", "7: ", "three left"]
+        .map(|chunk| Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))));
+    let request = Request::put(format!("http://{addr}/inventory/7"))
+        .header("host", addr.to_string())
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
         .unwrap();
-    let response = service.oneshot(request).await.unwrap();
+    let response = client.oneshot(request).await.unwrap();
+
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.body(), "ok");
+    assert_eq!(
+        response.body(),
+        "item 7: three left",
+        "the whole body reached the server"
+    );
     assert_eq!(response.extensions().get::<Attempts>(), Some(&Attempts(3)));
     assert_eq!(served.load(Ordering::SeqCst), 3);
     // `Retry-After: 1` replaced the 50 ms backoff, measured on tokio's paused clock.
