@@ -14,7 +14,9 @@
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
-//! | `http` | | HTTP classifiers and 429/503 rejection responses |
+//! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
+//! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
+//! | `http` | | HTTP classifiers and 429/503 rejection responses; body-aware shutdown tracking |
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |
 //!
@@ -52,3 +54,7 @@ pub use palisade_breaker as breaker;
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use palisade_retry as retry;
+
+#[cfg(feature = "shutdown")]
+#[doc(inline)]
+pub use palisade_shutdown as shutdown;

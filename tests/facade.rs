@@ -28,3 +28,13 @@ fn http_feature_reaches_core() {
     let response = Rejection::ShuttingDown(&shutting_down).to_response::<()>();
     assert_eq!(response.status(), 503);
 }
+
+#[cfg(feature = "shutdown")]
+#[test]
+fn shutdown_is_reexported() {
+    use palisade::shutdown::{Phase, Shutdown};
+    let shutdown = Shutdown::builder().build();
+    assert_eq!(shutdown.phase(), Phase::Running);
+    shutdown.trigger();
+    assert_eq!(shutdown.phase(), Phase::Unhealthy);
+}
