@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
+//! | `rate-limit` | [`palisade_ratelimit`](crate::rate_limit) | `RateLimitLayer`: GCRA (default), token bucket, sliding windows, fixed window; reject or wait; 429 + `RateLimit` headers |
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
@@ -50,6 +51,10 @@ pub use palisade_core as core;
 #[cfg(feature = "breaker")]
 #[doc(inline)]
 pub use palisade_breaker as breaker;
+
+#[cfg(feature = "rate-limit")]
+#[doc(inline)]
+pub use palisade_ratelimit as rate_limit;
 
 #[cfg(feature = "retry")]
 #[doc(inline)]

@@ -38,3 +38,15 @@ fn shutdown_is_reexported() {
     shutdown.trigger();
     assert_eq!(shutdown.phase(), Phase::Unhealthy);
 }
+
+#[cfg(feature = "rate-limit")]
+#[test]
+fn rate_limit_is_reexported() {
+    use palisade::rate_limit::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    // Two per minute, so that no refill happens while the test runs.
+    let limiter = RateLimiter::new(Quota::per_minute(NonZeroU32::new(2).expect("non-zero")));
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_err(), "the third check in a minute is refused");
+}

@@ -1,0 +1,138 @@
+//! The rate limiter's admitted path: one check on its own, beside governor 0.10's
+//! `direct().check()`, on one thread and with two threads sharing one limiter; and the
+//! layer's cost per call over the bare service.
+//!
+//! Every quota is large enough (10⁹ per second) that every check is admitted: the cost of a
+//! request that goes through. Checks need no runtime (both limiters read the clock
+//! themselves: palisade tokio's `Instant`, governor its default quanta clock), and the
+//! layer's futures complete at once, so they are polled once with `now_or_never`.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Barrier;
+use std::thread;
+use std::time::Instant;
+
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use palisade_benches::{assert_echoes, call_now, echo};
+use palisade_ratelimit::{Algorithm, Quota, RateLimitLayer, RateLimiter};
+use tower::{Layer, Service};
+
+const PER_SECOND: u32 = 1_000_000_000;
+
+fn quota() -> Quota {
+    Quota::per_second(NonZeroU32::new(PER_SECOND).expect("non-zero"))
+}
+
+fn palisade(algorithm: Algorithm) -> RateLimiter {
+    RateLimiter::with_algorithm(quota(), algorithm).expect("valid quota")
+}
+
+type Governor = governor::DefaultDirectRateLimiter;
+
+fn governor() -> Governor {
+    governor::RateLimiter::direct(governor::Quota::per_second(
+        NonZeroU32::new(PER_SECOND).expect("non-zero"),
+    ))
+}
+
+type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn bench_check(group: &mut Group<'_>, name: &str, check: impl Fn() -> bool) {
+    assert!((0..1_000).all(|_| check()), "{name} admits every check");
+    group.bench_function(name, |b| b.iter(|| black_box(check())));
+}
+
+fn check(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit/check");
+    group.throughput(Throughput::Elements(1));
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::SlidingWindowCounter,
+        Algorithm::FixedWindow,
+    ] {
+        let limiter = palisade(algorithm);
+        bench_check(
+            &mut group,
+            &format!("palisade/{}", algorithm.as_str()),
+            || limiter.check().is_ok(),
+        );
+    }
+    let governor = governor();
+    bench_check(&mut group, "governor/direct", || governor.check().is_ok());
+    // What reading the clock alone costs: palisade reads tokio's `Instant` (so
+    // `tokio::time::pause` drives it), which outside tokio's `test-util` is std's; governor
+    // reads its quanta clock.
+    bench_check(&mut group, "clock/std-instant", || {
+        black_box(Instant::now());
+        true
+    });
+    group.finish();
+}
+
+/// Two threads checking one limiter: of `iters` checks, one thread makes half (rounded up)
+/// and the other the rest, released together by a barrier; the time is from the first
+/// start to the last end, so the time per iteration is the wall time per check with both
+/// threads busy (the inverse of their combined throughput).
+fn bench_two(group: &mut Group<'_>, name: &str, check: impl Fn() -> bool + Sync) {
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            let shares = [iters.div_ceil(2), iters / 2];
+            let spans = thread::scope(|scope| {
+                let workers = shares.map(|checks| {
+                    let (check, barrier) = (&check, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..checks {
+                            black_box(check());
+                        }
+                        (start, Instant::now())
+                    })
+                });
+                workers.map(|worker| worker.join().expect("bench thread panicked"))
+            });
+            let start = spans.iter().map(|span| span.0).min().expect("two spans");
+            let end = spans.iter().map(|span| span.1).max().expect("two spans");
+            end - start
+        });
+    });
+}
+
+fn check_two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit/check-2-threads");
+    group.throughput(Throughput::Elements(1));
+    let limiter = palisade(Algorithm::Gcra);
+    bench_two(&mut group, "palisade/gcra", || limiter.check().is_ok());
+    let governor = governor();
+    bench_two(&mut group, "governor/direct", || governor.check().is_ok());
+    group.finish();
+}
+
+fn bench_service<S: Service<u64>>(group: &mut Group<'_>, name: &str, mut service: S) {
+    group.bench_function(name, |b| {
+        let mut request = 0u64;
+        b.iter(|| {
+            request = request.wrapping_add(1);
+            black_box(call_now(&mut service, black_box(request)))
+        });
+    });
+}
+
+fn layer(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ratelimit/layer");
+    group.throughput(Throughput::Elements(1));
+    assert_echoes(RateLimitLayer::new(quota()).layer(echo()));
+    bench_service(&mut group, "bare", echo());
+    bench_service(
+        &mut group,
+        "palisade/gcra",
+        RateLimitLayer::new(quota()).layer(echo()),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, check, check_two_threads, layer);
+criterion_main!(benches);

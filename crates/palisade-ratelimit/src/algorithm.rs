@@ -1,0 +1,415 @@
+//! The algorithms: one state type each, all deciding from the same [`Params`] and a time in
+//! nanoseconds since the limiter's start.
+//!
+//! A state holds one limit's counters and nothing else, so a keyed store can keep one per key
+//! sharing one `Params`, and a remote store can run the same decision elsewhere.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::decision::{Limited, Remaining, Snapshot};
+use crate::limiter::Params;
+
+/// Which algorithm a limiter runs. All of them admit weighted requests.
+///
+/// | algorithm | state | admits | memory |
+/// |---|---|---|---|
+/// | [`Gcra`](Self::Gcra) (default) | one `AtomicU64`, lock-free | `burst` at once, then one unit per `window / count` | 8 bytes |
+/// | [`TokenBucket`](Self::TokenBucket) | level + time behind a mutex | the same as GCRA | 16 bytes |
+/// | [`SlidingWindowLog`](Self::SlidingWindowLog) | one timestamp per admission | `count` in any window of length `window` | up to `count` entries |
+/// | [`SlidingWindowCounter`](Self::SlidingWindowCounter) | two counters | `count` by a weighted estimate over the last window | 24 bytes |
+/// | [`FixedWindow`](Self::FixedWindow) | one counter | `count` per aligned window: **up to 2 × `count` across a window edge** | 16 bytes |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Generic cell rate algorithm: the whole state is one "theoretical arrival time" in an
+    /// atomic, advanced by a compare-exchange loop. Exact, smooth, lock-free; the default.
+    #[default]
+    Gcra,
+    /// The classic bucket: holds up to `burst` tokens, refilled at `count` per window,
+    /// continuously (fractions of a token included). Decides exactly as GCRA does.
+    TokenBucket,
+    /// Remembers when each admitted unit went through; admits while fewer than `count`
+    /// units lie in the last `window`. Exact over every sliding window; memory grows with
+    /// `count` (at most [`MAX_LOG_ENTRIES`](crate::MAX_LOG_ENTRIES)).
+    SlidingWindowLog,
+    /// Counts the current and the previous aligned window and weighs the previous by how
+    /// much of it still overlaps the sliding window. Constant memory; assumes the previous
+    /// window's traffic was even, so a sliding window can hold more than `count` when it was
+    /// not.
+    SlidingWindowCounter,
+    /// Counts per aligned window (`[k·window, (k+1)·window)` from the limiter's start),
+    /// resetting at each edge. Cheapest, but `count` at the end of one window and `count`
+    /// at the start of the next go through back to back: **twice the quota** in one
+    /// window's length at the edge.
+    FixedWindow,
+}
+
+impl Algorithm {
+    /// The algorithm's snake_case name: `"gcra"`, `"token_bucket"`, ...
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Gcra => "gcra",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::SlidingWindowLog => "sliding_window_log",
+            Algorithm::SlidingWindowCounter => "sliding_window_counter",
+            Algorithm::FixedWindow => "fixed_window",
+        }
+    }
+
+    /// Whether `burst` bounds a single check (GCRA, token bucket) rather than `count`.
+    pub(crate) const fn uses_burst(self) -> bool {
+        matches!(self, Algorithm::Gcra | Algorithm::TokenBucket)
+    }
+}
+
+/// One limit's counters.
+#[derive(Debug)]
+pub(crate) enum State {
+    Gcra(Gcra),
+    TokenBucket(Mutex<Bucket>),
+    Log(Mutex<Log>),
+    Counter(Mutex<Counter>),
+    Fixed(Mutex<Fixed>),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The counters are consistent after every statement that can panic (none can), so a
+    // poisoned lock holds valid state.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    pub(crate) fn new(algorithm: Algorithm, params: &Params) -> Self {
+        match algorithm {
+            Algorithm::Gcra => State::Gcra(Gcra::default()),
+            Algorithm::TokenBucket => State::TokenBucket(Mutex::new(Bucket {
+                level: params.capacity,
+                last: 0,
+            })),
+            Algorithm::SlidingWindowLog => State::Log(Mutex::new(Log {
+                entries: VecDeque::with_capacity(params.count as usize),
+                used: 0,
+            })),
+            Algorithm::SlidingWindowCounter => State::Counter(Mutex::new(Counter::default())),
+            Algorithm::FixedWindow => State::Fixed(Mutex::new(Fixed::default())),
+        }
+    }
+
+    /// Decides a check of `cost` (at most the capacity) at `now`; `consume: false` only
+    /// looks.
+    #[inline]
+    pub(crate) fn check(
+        &self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        match self {
+            State::Gcra(gcra) => gcra.check(params, now, cost, consume),
+            State::TokenBucket(bucket) => lock(bucket).check(params, now, cost, consume),
+            State::Log(log) => lock(log).check(params, now, cost, consume),
+            State::Counter(counter) => lock(counter).check(params, now, cost, consume),
+            State::Fixed(fixed) => lock(fixed).check(params, now, cost, consume),
+        }
+    }
+
+    /// Makes room for a new quota (the log's entries).
+    pub(crate) fn resize(&self, params: &Params) {
+        if let State::Log(log) = self {
+            let mut log = lock(log);
+            let wanted = (params.count as usize).saturating_sub(log.entries.len());
+            log.entries.reserve(wanted);
+        }
+    }
+}
+
+/// The snapshot of a continuous (GCRA, token bucket) limit with `used` nanoseconds of its
+/// capacity taken.
+#[inline]
+fn continuous(params: &Params, used: u64) -> Snapshot {
+    Snapshot {
+        limit: params.policy_limit(),
+        window_nanos: params.policy_window(),
+        reset_nanos: used,
+        remaining: Remaining::Spare {
+            spare: params.capacity.saturating_sub(used),
+            interval: params.interval,
+        },
+    }
+}
+
+fn windowed(params: &Params, remaining: u64, reset: u64) -> Snapshot {
+    Snapshot {
+        limit: params.count,
+        window_nanos: params.window,
+        reset_nanos: reset,
+        remaining: Remaining::Units(u32::try_from(remaining).unwrap_or(u32::MAX)),
+    }
+}
+
+/// GCRA: the theoretical arrival time of the next unit, in the limiter's nanoseconds. The
+/// limit is full while it lies in the past; a unit pushes it one interval further; a check
+/// is refused when that would put it more than the capacity (`burst` intervals) ahead.
+#[derive(Debug, Default)]
+pub(crate) struct Gcra {
+    tat: AtomicU64,
+}
+
+impl Gcra {
+    #[inline]
+    fn check(
+        &self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let increment = u64::from(cost).saturating_mul(params.interval);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let base = tat.max(now);
+            let used = (base - now).saturating_add(increment);
+            if used > params.capacity {
+                return Err(Limited {
+                    retry_after_nanos: used - params.capacity,
+                    snapshot: continuous(params, base - now),
+                });
+            }
+            if !consume || cost == 0 {
+                return Ok(continuous(params, used));
+            }
+            match self.tat.compare_exchange_weak(
+                tat,
+                now + used,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(continuous(params, used)),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
+/// Token bucket: `level` nanoseconds' worth of tokens (one token per interval), refilled by
+/// the time elapsed since `last`, up to the capacity.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    level: u64,
+    last: u64,
+}
+
+impl Bucket {
+    fn check(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let elapsed = now.saturating_sub(self.last);
+        self.level = self.level.saturating_add(elapsed).min(params.capacity);
+        self.last = self.last.max(now);
+        let needed = u64::from(cost).saturating_mul(params.interval);
+        if needed > self.level {
+            return Err(Limited {
+                retry_after_nanos: needed - self.level,
+                snapshot: continuous(params, params.capacity - self.level),
+            });
+        }
+        let level = self.level - needed;
+        if consume {
+            self.level = level;
+        }
+        Ok(continuous(params, params.capacity - level))
+    }
+}
+
+/// Sliding-window log: `(time, cost)` of each admission in the last window; `used` is their
+/// sum. An entry counts while `now < time + window`.
+#[derive(Debug)]
+pub(crate) struct Log {
+    entries: VecDeque<(u64, u32)>,
+    used: u64,
+}
+
+impl Log {
+    fn check(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let window = params.window;
+        while let Some(&(at, n)) = self.entries.front() {
+            if at.saturating_add(window) > now {
+                break;
+            }
+            self.used -= u64::from(n);
+            self.entries.pop_front();
+        }
+        let limit = u64::from(params.count);
+        let cost64 = u64::from(cost);
+        if self.used + cost64 > limit {
+            // Wait until enough of the oldest entries have left the window.
+            let mut to_free = self.used + cost64 - limit;
+            let mut retry = 0;
+            for &(at, n) in &self.entries {
+                retry = at + window - now;
+                to_free = to_free.saturating_sub(u64::from(n));
+                if to_free == 0 {
+                    break;
+                }
+            }
+            let reset = self.entries.back().map_or(0, |&(at, _)| at + window - now);
+            return Err(Limited {
+                retry_after_nanos: retry,
+                snapshot: windowed(params, limit.saturating_sub(self.used), reset),
+            });
+        }
+        if consume && cost > 0 {
+            match self.entries.back_mut() {
+                Some((at, n)) if *at == now => *n += cost,
+                _ => self.entries.push_back((now, cost)),
+            }
+            self.used += cost64;
+            return Ok(windowed(params, limit - self.used, window));
+        }
+        let reset = self.entries.back().map_or(0, |&(at, _)| at + window - now);
+        let after = if cost > 0 { window } else { reset };
+        Ok(windowed(params, limit - self.used - cost64, after))
+    }
+}
+
+/// Sliding-window counter: admissions in the current aligned window (`index`) and the one
+/// before. The estimate over the sliding window is
+/// `previous × (window − elapsed) / window + current`.
+#[derive(Debug, Default)]
+pub(crate) struct Counter {
+    index: u64,
+    current: u64,
+    previous: u64,
+}
+
+impl Counter {
+    fn check(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let window = params.window;
+        let index = now / window;
+        if index == self.index + 1 {
+            self.previous = self.current;
+            self.current = 0;
+        } else if index > self.index + 1 {
+            self.previous = 0;
+            self.current = 0;
+        }
+        // (An earlier index only follows a longer window set at runtime: the counts carry
+        // over into the new window.)
+        self.index = index;
+        let elapsed = now - self.index * window;
+        let w = u128::from(window);
+        let limit = u128::from(params.count);
+        let cost = u128::from(cost);
+        // Everything times `window`, to stay in integers.
+        let weighted_previous = u128::from(self.previous) * (w - u128::from(elapsed));
+        let current = u128::from(self.current);
+        let used = weighted_previous + current * w;
+        if used + cost * w > limit * w {
+            let wait = if current + cost <= limit {
+                // The previous window's weight must decay enough within this one.
+                let room = (limit - current - cost) * w;
+                let at = w - room / u128::from(self.previous);
+                at - u128::from(elapsed)
+            } else {
+                // Only in the next window, where this one is the previous.
+                let room = (limit - cost) * w;
+                let at = w - room / current.max(1);
+                (w - u128::from(elapsed)) + at
+            };
+            let remaining = (limit * w).saturating_sub(used) / w;
+            return Err(Limited {
+                retry_after_nanos: u64::try_from(wait).unwrap_or(u64::MAX),
+                snapshot: windowed(
+                    params,
+                    u64::try_from(remaining).unwrap_or(u64::MAX),
+                    self.reset(window, elapsed),
+                ),
+            });
+        }
+        let after = used + cost * w;
+        if consume {
+            self.current += u64::try_from(cost).unwrap_or(u64::MAX);
+        }
+        let remaining = u64::try_from((limit * w - after) / w).unwrap_or(u64::MAX);
+        let reset = if consume {
+            self.reset(window, elapsed)
+        } else {
+            0
+        };
+        Ok(windowed(params, remaining, reset))
+    }
+
+    /// Until both counters weigh nothing.
+    fn reset(&self, window: u64, elapsed: u64) -> u64 {
+        if self.current > 0 {
+            2 * window - elapsed
+        } else if self.previous > 0 {
+            window - elapsed
+        } else {
+            0
+        }
+    }
+}
+
+/// Fixed window: admissions in the aligned window `index`.
+#[derive(Debug, Default)]
+pub(crate) struct Fixed {
+    index: u64,
+    used: u64,
+}
+
+impl Fixed {
+    fn check(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let window = params.window;
+        let index = now / window;
+        if index > self.index {
+            self.used = 0;
+        }
+        // (An earlier index only follows a longer window set at runtime: the count carries
+        // over into the new window.)
+        self.index = index;
+        let end = (self.index + 1) * window - now;
+        let limit = u64::from(params.count);
+        let cost = u64::from(cost);
+        if self.used + cost > limit {
+            return Err(Limited {
+                retry_after_nanos: end,
+                snapshot: windowed(params, limit.saturating_sub(self.used), end),
+            });
+        }
+        let after = self.used + cost;
+        if consume {
+            self.used = after;
+        }
+        Ok(windowed(
+            params,
+            limit - after,
+            if after > 0 { end } else { 0 },
+        ))
+    }
+}
