@@ -50,3 +50,20 @@ fn rate_limit_is_reexported() {
     assert!(limiter.check().is_ok());
     assert!(limiter.check().is_err(), "the third check in a minute is refused");
 }
+
+#[cfg(feature = "events")]
+#[tokio::test]
+async fn events_are_reexported() {
+    use palisade::events::{Event, EventBus};
+
+    #[derive(Clone)]
+    struct OrderPlaced;
+    impl Event for OrderPlaced {
+        const NAME: &'static str = "order.placed";
+    }
+
+    let bus = EventBus::new();
+    let _subscription = bus.on(|_: OrderPlaced| async {});
+    let report = bus.emit(OrderPlaced).await;
+    assert_eq!(report.len(), 1, "one handler ran");
+}
