@@ -67,3 +67,16 @@ async fn events_are_reexported() {
     let report = bus.emit(OrderPlaced).await;
     assert_eq!(report.len(), 1, "one handler ran");
 }
+
+#[cfg(feature = "pool")]
+#[test]
+fn pool_is_reexported() {
+    use palisade::pool::{ConcurrencyPoolLayer, PoolConfig};
+    use std::num::NonZeroU32;
+    let config = PoolConfig::builder(NonZeroU32::new(4).expect("non-zero"))
+        .build()
+        .expect("valid");
+    let layer = ConcurrencyPoolLayer::new(config);
+    assert_eq!(layer.handle().in_flight(), 0);
+    assert_eq!(layer.handle().limit(), 4);
+}
