@@ -19,6 +19,7 @@
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
+//! | `serve` | | `shutdown::serve`: hyper-util HTTP/1 + HTTP/2 serving with a graceful drain |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses; body-aware shutdown tracking |
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |

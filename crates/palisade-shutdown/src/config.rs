@@ -110,6 +110,10 @@ impl ShutdownBuilder {
     /// Lets SIGTERM and SIGINT (Ctrl-C on platforms without Unix signals) trigger the
     /// shutdown while [`Shutdown::run`] runs; a second signal forces it, like a second
     /// [`trigger`](Shutdown::trigger) (feature `signal`).
+    ///
+    /// The handlers are installed on the first poll of `run`: a signal that comes before
+    /// that has its default effect (SIGTERM ends the process). Poll `run` once before
+    /// announcing readiness if a signal may come at once (the `drain_server` example does).
     #[cfg(feature = "signal")]
     pub fn on_signals(mut self) -> Self {
         self.config.signals = true;

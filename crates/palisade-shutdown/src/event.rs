@@ -1,6 +1,7 @@
 //! What a shutdown reports to its [`Listener`](palisade_core::Listener).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use palisade_core::event::{Event, Reading};
@@ -37,6 +38,27 @@ pub enum ShutdownEvent {
         /// The phase that rejected it.
         phase: Phase,
     },
+    /// A server run by `serve` (feature `serve`) stopped accepting: its listener is
+    /// closed, so new connections are refused.
+    StoppedAccepting {
+        /// The listener's address, if the socket could tell.
+        local_addr: Option<SocketAddr>,
+        /// Connections still open at that moment, which drain on their own.
+        open_connections: usize,
+    },
+    /// A server run by `serve` (feature `serve`) dropped connections that were still open
+    /// at the drain deadline (or at a forced stop); reported once all its connections are
+    /// gone.
+    ConnectionsCut {
+        /// How many connections were dropped.
+        count: usize,
+    },
+    /// A request handler panicked and `CatchPanicLayer` (feature `http`) answered `500`
+    /// (or, once the response had started, ended its body with an error).
+    HandlerPanicked {
+        /// The panic's message.
+        message: String,
+    },
     /// A cleanup hook finished (or was skipped).
     HookFinished {
         /// The hook's name.
@@ -58,6 +80,9 @@ impl Event for ShutdownEvent {
             ShutdownEvent::Triggered { .. } => "triggered",
             ShutdownEvent::PhaseChanged { .. } => "phase_changed",
             ShutdownEvent::Rejected { .. } => "rejected",
+            ShutdownEvent::StoppedAccepting { .. } => "stopped_accepting",
+            ShutdownEvent::ConnectionsCut { .. } => "connections_cut",
+            ShutdownEvent::HandlerPanicked { .. } => "handler_panicked",
             ShutdownEvent::HookFinished { .. } => "hook_finished",
         }
     }
@@ -81,7 +106,16 @@ impl Event for ShutdownEvent {
                 "palisade_shutdown_hook_seconds",
                 elapsed.as_secs_f64(),
             )),
-            ShutdownEvent::Triggered { .. } | ShutdownEvent::Rejected { .. } => {}
+            ShutdownEvent::StoppedAccepting {
+                open_connections, ..
+            } => record(Reading::gauge(
+                "palisade_shutdown_open_connections",
+                *open_connections as f64,
+            )),
+            ShutdownEvent::Triggered { .. }
+            | ShutdownEvent::Rejected { .. }
+            | ShutdownEvent::ConnectionsCut { .. }
+            | ShutdownEvent::HandlerPanicked { .. } => {}
         }
     }
 }

@@ -8,8 +8,10 @@
 //!    at once ([`Phase::Unhealthy`]).
 //! 2. An optional **grace delay** while requests are still served, so load balancers take the
 //!    instance out of rotation ([`Phase::Grace`]).
-//! 3. Servers **stop accepting** connections ([`Phase::StopAccepting`]; follow it with
-//!    [`Shutdown::wait_for`], e.g. as axum's `with_graceful_shutdown` signal).
+//! 3. Servers **stop accepting** connections ([`Phase::StopAccepting`]): `serve` (feature
+//!    `serve`) closes its listener, then closes its connections gracefully when the drain
+//!    begins and drops the rest at the deadline; another server follows the phases with
+//!    [`Shutdown::wait_for`].
 //! 4. The **drain** ([`Phase::Draining`]): long-lived work registered through a
 //!    [`ShutdownGuard`] is told to stop, and the coordinator waits for it and for every
 //!    in-flight request (with feature `http`, until its response **body** ends, SSE and
@@ -29,7 +31,9 @@
 //! in flight. While running, a call costs a relaxed load of the phase and one
 //! reference-count update each way: no lock, no allocation. Once shutting down, HTTP/1
 //! responses carry `Connection: close`, and new requests are served (the default) or
-//! rejected with [`ShuttingDown`] / `503` + `Retry-After`.
+//! rejected with [`ShuttingDown`] / `503` + `Retry-After`. `CatchPanicLayer` (feature `http`)
+//! answers `500` for a handler that panics, and reports it, so one bad request does not
+//! take its connection down.
 //!
 //! # Example
 //!
@@ -80,7 +84,8 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `http` | `HttpShutdownLayer` (module `http`): requests tracked until their response body ends, `Connection: close`, `503` + `Retry-After`; `HealthService` |
+//! | `http` | `HttpShutdownLayer` (module `http`): requests tracked until their response body ends, `Connection: close`, `503` + `Retry-After`; `HealthService`; `CatchPanicLayer` (module `catch_panic`): a panicking handler answers `500` |
+//! | `serve` | `serve` (module `serve`, implies `http`): a hyper-util server, HTTP/1 and HTTP/2, that stops accepting, closes its connections gracefully (`GOAWAY` on HTTP/2) and drops them at the deadline |
 //! | `signal` | `ShutdownBuilder::on_signals`: SIGTERM and SIGINT (Ctrl-C elsewhere) trigger the shutdown |
 //!
 //! # Limits
@@ -88,10 +93,14 @@
 //! To keep the running path free of locks, a request does not register with the
 //! coordinator while it waits. A request (or body) that was already waiting when the
 //! shutdown was triggered is woken at the deadline only if it is polled at least once
-//! during the shutdown (an SSE heartbeat, any progress); one that never is, is reported as
+//! during the shutdown (an SSE heartbeat, any progress). One that never is ends when its
+//! connection is dropped: `serve` (feature `serve`) drops the connections still open at the
+//! deadline, within the cancel grace. Under another server, it is reported as
 //! [abandoned](ShutdownReport::abandoned) and ends when the server drops its connection or
 //! the process exits.
 
+#[cfg(feature = "http")]
+pub mod catch_panic;
 mod config;
 mod error;
 mod event;
@@ -103,11 +112,15 @@ pub mod http;
 mod layer;
 mod phase;
 mod report;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod service;
 mod shutdown;
 mod signal;
 mod state;
 
+#[cfg(feature = "http")]
+pub use crate::catch_panic::{CatchPanic, CatchPanicBody, CatchPanicLayer, Panicked};
 pub use crate::config::{DEFAULT_CANCEL_GRACE, DEFAULT_DRAIN_DEADLINE, ShutdownBuilder};
 pub use crate::error::RunError;
 pub use crate::event::ShutdownEvent;
@@ -119,6 +132,8 @@ pub use crate::http::{HealthService, HttpShutdownLayer, HttpShutdownService, Shu
 pub use crate::layer::ShutdownLayer;
 pub use crate::phase::Phase;
 pub use crate::report::ShutdownReport;
+#[cfg(feature = "serve")]
+pub use crate::serve::{Serve, ServeFuture, serve};
 pub use crate::service::ShutdownService;
 pub use crate::shutdown::Shutdown;
 pub use palisade_core::reject::ShuttingDown;

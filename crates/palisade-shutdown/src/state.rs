@@ -122,13 +122,13 @@ impl State {
         self.phase_tx.subscribe()
     }
 
-    /// Moves to `to`: the atomic first (what requests read), then the watch, then events.
+    /// Moves to `to`: the atomic first (what requests read), then events (so that logs say
+    /// "phase changed" before what servers do about it), then the watch.
     pub(crate) fn set_phase(&self, to: Phase) {
         let from = Phase::from_u8(self.core.phase.swap(to as u8, Ordering::AcqRel));
         if from == to {
             return;
         }
-        self.phase_tx.send_replace(to);
         let (in_flight, tasks) = (self.in_flight(), self.tasks());
         tracing::info!(
             from = from.as_str(),
@@ -143,6 +143,7 @@ impl State {
             in_flight,
             tasks,
         });
+        self.phase_tx.send_replace(to);
     }
 
     pub(crate) fn emit(&self, event: &ShutdownEvent) {
