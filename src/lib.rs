@@ -14,6 +14,8 @@
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `events` | [`palisade_events`](crate::events) | a typed in-process event bus: concurrent handlers (closures or tower services), every outcome reported, a bounded publish queue with dead letters |
+//! | `lock` | [`palisade_lock`](crate::lock) | locks with fencing tokens, a renewing watchdog and `lost()`; in-process by default |
+//! | `lock-redis`, `lock-postgres` | | the lock's Redis + Redlock and PostgreSQL advisory-lock backends |
 //! | `pool` | [`palisade_pool`](crate::pool) | `ConcurrencyPoolLayer`: a limit with a priority wait queue, load shedding, permits held until the response body ends |
 //! | `rate-limit` | [`palisade_ratelimit`](crate::rate_limit) | `RateLimitLayer`: GCRA (default), token bucket, sliding windows, fixed window; reject or wait; 429 + `RateLimit` headers |
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
@@ -58,6 +60,10 @@ pub use palisade_breaker as breaker;
 #[cfg(feature = "events")]
 #[doc(inline)]
 pub use palisade_events as events;
+
+#[cfg(feature = "lock")]
+#[doc(inline)]
+pub use palisade_lock as lock;
 
 #[cfg(feature = "pool")]
 #[doc(inline)]

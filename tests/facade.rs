@@ -80,3 +80,28 @@ fn pool_is_reexported() {
     assert_eq!(layer.handle().in_flight(), 0);
     assert_eq!(layer.handle().limit(), 4);
 }
+
+#[cfg(feature = "lock")]
+#[tokio::test]
+async fn lock_is_reexported() {
+    use palisade::lock::Lock;
+    use std::time::Duration;
+    let lock = Lock::in_process();
+    let first = lock
+        .try_acquire("orders", Duration::from_secs(10))
+        .await
+        .expect("no backend error")
+        .expect("free");
+    let second = lock
+        .try_acquire("orders", Duration::from_secs(10))
+        .await
+        .expect("no backend error");
+    assert!(second.is_none(), "held by the first guard");
+    let token = first.token();
+    drop(first);
+    let third = lock
+        .acquire("orders", Duration::from_secs(10), Duration::from_secs(1))
+        .await
+        .expect("released in the background, then granted");
+    assert!(third.token() > token, "every grant has a higher token");
+}

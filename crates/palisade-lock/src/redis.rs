@@ -1,0 +1,387 @@
+//! [`RedisBackend`]: locks on one Redis server (feature `redis`).
+
+use std::fmt;
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{
+    AsyncConnectionConfig, Client, FromRedisValue, RedisError, Script, ScriptInvocation,
+};
+
+use crate::backend::{Backend, Grant, redlock_drift};
+use crate::{BackendError, FencingToken};
+
+/// Grants the lock and increments the key's fencing counter in one step. A missing counter
+/// (a new key, or a server that lost its data) starts from the server's clock in
+/// microseconds, so tokens keep growing across a restart that loses the counter.
+///
+/// `KEYS[1]` lock, `KEYS[2]` counter; `ARGV[1]` owner, `ARGV[2]` TTL in ms. Returns the new
+/// token, or 0 when the lock is held.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+if token == 1 then
+  local now = redis.call('TIME')
+  token = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[2], token)
+  return redis.call('INCR', KEYS[2])
+end
+return token
+",
+    )
+});
+
+/// Compare-and-extend: `KEYS[1]` lock; `ARGV[1]` owner, `ARGV[2]` TTL in ms.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+",
+    )
+});
+
+/// Compare-and-delete: `KEYS[1]` lock; `ARGV[1]` owner.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// Redlock: raises the counter to the token chosen across the quorum, if we still hold the
+/// lock here. `KEYS[1]` lock, `KEYS[2]` counter; `ARGV[1]` owner, `ARGV[2]` token.
+static RAISE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local current = redis.call('GET', KEYS[2])
+if (not current) or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+",
+    )
+});
+
+/// The default drift factor: 1 % of the TTL (plus 2 ms), as in the Redlock description.
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+
+/// Locks on one Redis server (feature `redis`).
+///
+/// A lock is a key `{prefix}{<key>}` set with `SET NX PX` to a random owner value; its fencing
+/// counter is `{prefix}{<key>}:fence`, incremented in the same Lua script (the braces keep
+/// both in one Redis Cluster slot). Renewal is a compare-and-`PEXPIRE` script, release a
+/// compare-and-`DEL` script: only the owner extends or deletes.
+///
+/// **Guarantees**: while the server runs and keeps its data, at most one holder has the key
+/// at any moment of the server's clock, and tokens grow with every grant of a key. A holder
+/// trusts its lease for `ttl - time to acquire - drift` (drift: 1 % of the TTL + 2 ms by
+/// default), so the server's clock may run up to that much faster than the holder's. If
+/// the server fails over to a replica that missed the write, or restarts without
+/// persistence, a key can be granted twice: the fencing token still grows (a lost counter
+/// restarts from the server's clock in microseconds), so a resource that checks tokens
+/// rejects the older holder's writes. Without persistence, a restarted server with a clock
+/// set back can hand out lower tokens.
+///
+/// Connections: one multiplexed connection, opened on first use and replaced after an I/O
+/// error or timeout. Every command has a response timeout (500 ms by default): an
+/// unreachable server is an error, never a grant.
+pub struct RedisBackend {
+    client: Client,
+    config: AsyncConnectionConfig,
+    connection: Mutex<Option<MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
+    prefix: Box<str>,
+    drift_factor: f64,
+}
+
+/// A [`RedisBackend`] or [`Redlock`](crate::Redlock) grant: the random owner value stored in
+/// the lock key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLease {
+    owner: String,
+}
+
+impl RedisLease {
+    pub(crate) fn random() -> Self {
+        Self {
+            owner: format!("{:032x}", fastrand::u128(..)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("server", &self.client.get_connection_info().addr())
+            .field("prefix", &self.prefix)
+            .field("drift_factor", &self.drift_factor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Redis expiries are whole milliseconds: round up, so that the server never expires a key
+/// before the holder's validity ends.
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl RedisBackend {
+    /// A backend for the server `client` points at. Connects on first use.
+    pub fn new(client: Client) -> Self {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_millis(500)));
+        Self {
+            client,
+            config,
+            connection: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            prefix: "palisade:lock:".into(),
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+        }
+    }
+
+    /// A backend for the server at `url` (`redis://host:port/db`).
+    ///
+    /// # Errors
+    ///
+    /// When `url` is not a valid Redis URL.
+    pub fn open(url: &str) -> Result<Self, BackendError> {
+        let client = Client::open(url).map_err(|e| BackendError::new("invalid redis url", e))?;
+        Ok(Self::new(client))
+    }
+
+    /// Puts the lock keys under `prefix` (default `"palisade:lock:"`).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The share of a TTL given up for clock drift (default 0.01): a lease is trusted for
+    /// `ttl - time to acquire - (ttl * factor + 2 ms)`. Negative or NaN values count as 0.
+    #[must_use]
+    pub fn with_drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = drift_factor(factor);
+        self
+    }
+
+    /// How long opening a connection and each command may take (defaults: 1 s and 500 ms).
+    /// A command that takes longer fails, and the connection is replaced.
+    #[must_use]
+    pub fn with_timeouts(mut self, connect: Duration, response: Duration) -> Self {
+        self.config = self
+            .config
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response));
+        self
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}{{{key}}}", self.prefix)
+    }
+
+    fn fence_key(&self, key: &str) -> String {
+        format!("{}{{{key}}}:fence", self.prefix)
+    }
+
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
+        if let Some(connection) = self.cached() {
+            return Ok(connection);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(connection) = self.cached() {
+            return Ok(connection);
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| BackendError::new("could not connect to redis", e))?;
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn forget_connection(&self) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Runs a script. A connection found broken (the server restarted, say) is replaced and
+    /// the script sent once more; a timeout is not retried.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, BackendError> {
+        let mut connection = self.connection().await?;
+        let error = match invocation.invoke_async(&mut connection).await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        if !broken(&error) {
+            return Err(self.failed(error));
+        }
+        self.forget_connection();
+        let mut connection = self.connection().await?;
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| self.failed(error))
+    }
+
+    /// Maps a command's error, dropping the connection when it may be broken or stuck.
+    fn failed(&self, error: RedisError) -> BackendError {
+        if broken(&error) || error.is_timeout() {
+            self.forget_connection();
+        }
+        BackendError::new("redis command failed", error)
+    }
+
+    /// The acquire script: the new token, or `None` when the key is held.
+    pub(crate) async fn grant(
+        &self,
+        key: &str,
+        lease: &RedisLease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, BackendError> {
+        let token: u64 = self
+            .invoke(
+                ACQUIRE
+                    .prepare_invoke()
+                    .key(self.lock_key(key))
+                    .key(self.fence_key(key))
+                    .arg(&lease.owner)
+                    .arg(ttl_millis(ttl)),
+            )
+            .await?;
+        Ok((token > 0).then_some(token))
+    }
+
+    /// Redlock's second step: raise this server's counter to `token` while we hold the key.
+    pub(crate) async fn raise(
+        &self,
+        key: &str,
+        lease: &RedisLease,
+        token: u64,
+    ) -> Result<bool, BackendError> {
+        let raised: u8 = self
+            .invoke(
+                RAISE
+                    .prepare_invoke()
+                    .key(self.lock_key(key))
+                    .key(self.fence_key(key))
+                    .arg(&lease.owner)
+                    .arg(token),
+            )
+            .await?;
+        Ok(raised == 1)
+    }
+
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        lease: &RedisLease,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let extended: u8 = self
+            .invoke(
+                RENEW
+                    .prepare_invoke()
+                    .key(self.lock_key(key))
+                    .arg(&lease.owner)
+                    .arg(ttl_millis(ttl)),
+            )
+            .await?;
+        Ok(extended == 1)
+    }
+
+    pub(crate) async fn delete(&self, key: &str, lease: &RedisLease) -> Result<bool, BackendError> {
+        let deleted: u8 = self
+            .invoke(
+                RELEASE
+                    .prepare_invoke()
+                    .key(self.lock_key(key))
+                    .arg(&lease.owner),
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+}
+
+/// Whether the connection is broken (rather than slow): worth one retry on a new one.
+fn broken(error: &RedisError) -> bool {
+    (error.is_connection_dropped() || error.is_io_error() || error.is_unrecoverable_error())
+        && !error.is_timeout()
+}
+
+/// A usable drift factor: negative and NaN count as 0.
+pub(crate) fn drift_factor(factor: f64) -> f64 {
+    if factor.is_nan() {
+        0.0
+    } else {
+        factor.max(0.0)
+    }
+}
+
+impl Backend for RedisBackend {
+    type Lease = RedisLease;
+
+    async fn try_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<Grant<RedisLease>>, BackendError> {
+        let lease = RedisLease::random();
+        let token = self.grant(key, &lease, ttl).await?;
+        Ok(token.map(|token| Grant {
+            token: FencingToken::new(token),
+            lease,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        lease: &RedisLease,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.extend(key, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &RedisLease) -> Result<bool, BackendError> {
+        self.delete(key, lease).await
+    }
+
+    fn drift(&self, ttl: Duration) -> Duration {
+        redlock_drift(ttl, self.drift_factor)
+    }
+}
