@@ -48,7 +48,10 @@ fn rate_limit_is_reexported() {
     let limiter = RateLimiter::new(Quota::per_minute(NonZeroU32::new(2).expect("non-zero")));
     assert!(limiter.check().is_ok());
     assert!(limiter.check().is_ok());
-    assert!(limiter.check().is_err(), "the third check in a minute is refused");
+    assert!(
+        limiter.check().is_err(),
+        "the third check in a minute is refused"
+    );
 }
 
 #[cfg(feature = "events")]
