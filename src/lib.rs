@@ -14,6 +14,7 @@
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `events` | [`palisade_events`](crate::events) | a typed in-process event bus: concurrent handlers (closures or tower services), every outcome reported, a bounded publish queue with dead letters |
+//! | `nats` | | the event bus across processes over NATS |
 //! | `lock` | [`palisade_lock`](crate::lock) | locks with fencing tokens, a renewing watchdog and `lost()`; in-process by default |
 //! | `lock-redis`, `lock-postgres` | | the lock's Redis + Redlock and PostgreSQL advisory-lock backends |
 //! | `pool` | [`palisade_pool`](crate::pool) | `ConcurrencyPoolLayer`: a limit with a priority wait queue, load shedding, permits held until the response body ends |

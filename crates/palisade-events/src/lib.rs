@@ -26,6 +26,13 @@
 //!   core [`Listener`](palisade_core::Listener)s (emits, each handler's outcome and latency,
 //!   the queue), such as core's `MetricsListener`.
 //!
+//! # Features
+//!
+//! - `nats`: the [`nats`] module, the same typed events across processes over NATS: a
+//!   [`NatsBridge`](nats::NatsBridge) carries chosen event types (serde types, as JSON,
+//!   one subject per event name), resubscribes after a reconnect and reports the window
+//!   in which messages may have been missed. Plain `nats://` (no TLS yet).
+//!
 //! The fast path: subscribers are kept in a copy-on-write snapshot per event type, so an
 //! emit takes a read lock only to clone an `Arc`; handlers run in pooled slots, so an emit
 //! whose handlers finish without waiting allocates nothing. See the bench numbers in the
@@ -113,6 +120,8 @@ mod config;
 mod emit;
 mod event;
 mod handler;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod observe;
 mod publish;
 mod report;

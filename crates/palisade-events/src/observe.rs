@@ -14,7 +14,8 @@ use crate::subscription::HandlerId;
 /// With core's `MetricsListener` (feature `metrics` of `palisade-core`) these become the
 /// counter `palisade_events_total{component="events", event=<kind>}` and the histogram
 /// `palisade_events_handler_seconds` (handler latency) and the gauge
-/// `palisade_events_queue_depth`.
+/// `palisade_events_queue_depth`; with the `nats` feature, also the histogram
+/// `palisade_events_remote_gap_seconds` (the `RemoteGap` window).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum BusEvent {
@@ -65,6 +66,40 @@ pub enum BusEvent {
         /// The event's name.
         event: &'static str,
     },
+    /// The connection of a [`NatsBridge`](crate::nats::NatsBridge) broke; it reconnects.
+    #[cfg(feature = "nats")]
+    RemoteDisconnected {
+        /// The server's `host:port`.
+        server: Arc<str>,
+        /// Why: the read or write error, the server closing, or its silence.
+        reason: Arc<str>,
+        /// Events handed to the connection and never written: lost.
+        unsent: usize,
+    },
+    /// A [`NatsBridge`](crate::nats::NatsBridge) has connected again.
+    #[cfg(feature = "nats")]
+    RemoteReconnected {
+        /// From the loss to the new connection.
+        downtime: Duration,
+    },
+    /// A [`NatsBridge`](crate::nats::NatsBridge) has its subscriptions back after a lost
+    /// connection: events of these types published during `gap` may have been missed.
+    #[cfg(feature = "nats")]
+    RemoteGap {
+        /// From the last thing heard on the lost connection to the server's confirmation of
+        /// the new subscriptions.
+        gap: Duration,
+        /// The event names that were subscribed.
+        events: Arc<[&'static str]>,
+    },
+    /// A message from NATS could not be decoded into its event type; it was not delivered.
+    #[cfg(feature = "nats")]
+    RemoteMalformed {
+        /// The event's name (from the subscription).
+        event: &'static str,
+        /// The decoding error.
+        error: Arc<str>,
+    },
 }
 
 impl Event for BusEvent {
@@ -86,6 +121,14 @@ impl Event for BusEvent {
             BusEvent::PublishRejected { .. } => "publish_rejected",
             BusEvent::DeadLetter { .. } => "dead_letter",
             BusEvent::Lost { .. } => "lost",
+            #[cfg(feature = "nats")]
+            BusEvent::RemoteDisconnected { .. } => "remote_disconnected",
+            #[cfg(feature = "nats")]
+            BusEvent::RemoteReconnected { .. } => "remote_reconnected",
+            #[cfg(feature = "nats")]
+            BusEvent::RemoteGap { .. } => "remote_gap",
+            #[cfg(feature = "nats")]
+            BusEvent::RemoteMalformed { .. } => "remote_malformed",
         }
     }
 
@@ -101,6 +144,11 @@ impl Event for BusEvent {
                     *queued as f64,
                 ));
             }
+            #[cfg(feature = "nats")]
+            BusEvent::RemoteGap { gap, .. } => record(Reading::histogram(
+                "palisade_events_remote_gap_seconds",
+                gap.as_secs_f64(),
+            )),
             _ => {}
         }
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 pub enum Error {
     /// A server binary is not installed where the testkit looks for it.
     ///
-    /// [`RedisServer::start_or_skip`](crate::RedisServer::start_or_skip) and
-    /// [`PostgresServer::start_or_skip`](crate::PostgresServer::start_or_skip) turn this
+    /// [`RedisServer::start_or_skip`](crate::RedisServer::start_or_skip),
+    /// [`PostgresServer::start_or_skip`](crate::PostgresServer::start_or_skip) and
+    /// [`NatsServer::start_or_skip`](crate::NatsServer::start_or_skip) turn this
     /// error (and only this one) into a skipped test.
     #[error("`{binary}` not found (searched {searched})")]
     BinaryNotFound {
@@ -80,7 +81,7 @@ pub enum Error {
     },
 
     /// A fault method (`kill`, `pause`, `resume`, `stop`, `restart`) was called on a handle to
-    /// an external server given by `REDIS_URL` / `DATABASE_URL`.
+    /// an external server given by `REDIS_URL` / `DATABASE_URL` / `NATS_URL`.
     #[error(
         "`{method}` needs a server the testkit started, but this handle points at the external server {url}"
     )]

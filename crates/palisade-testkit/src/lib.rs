@@ -1,8 +1,8 @@
-//! Test support for Palisade: private `redis-server` and PostgreSQL instances with fault
-//! injection.
+//! Test support for Palisade: private `redis-server`, PostgreSQL and `nats-server` instances
+//! with fault injection.
 //!
-//! Tests that need a real Redis or PostgreSQL start their own from the binaries on `PATH`
-//! with [`RedisServer`] and [`PostgresServer`]. Each server gets an ephemeral port on
+//! Tests that need a real Redis, PostgreSQL or NATS start their own from the binaries on
+//! `PATH` with [`RedisServer`], [`PostgresServer`] and [`NatsServer`]. Each server gets an ephemeral port on
 //! 127.0.0.1 and a temporary directory, so tests run in parallel without sharing state,
 //! and it dies with its handle: dropping the handle (also while a failing test unwinds)
 //! kills the server and reaps it. Fault tests [`kill`](RedisServer::kill) (SIGKILL),
@@ -18,6 +18,7 @@
 //! | --- | --- |
 //! | `REDIS_URL` | [`RedisServer::start`] returns a handle to this server instead of starting one |
 //! | `DATABASE_URL` | [`PostgresServer::start`] returns a handle to this server instead of starting one; [`PostgresServer::fresh_database`] creates databases on it |
+//! | `NATS_URL` | [`NatsServer::start`] returns a handle to this server instead of starting one |
 //! | `PALISADE_PG_BIN` | the PostgreSQL bin directory (holding `initdb` and `postgres`) |
 //! | `PALISADE_REQUIRE_SERVICES=1` | a missing binary fails the test instead of skipping it (CI sets it) |
 //!
@@ -27,9 +28,9 @@
 //! # Skipping
 //!
 //! `start_or_skip()` returns `None` and prints the reason when the server's binary is not
-//! installed, so a machine without Redis or PostgreSQL still runs the rest of the suite. It
-//! panics instead when `PALISADE_REQUIRE_SERVICES=1`, and whenever an installed server fails
-//! to start: that is a failure, not a reason to skip.
+//! installed, so a machine without Redis, PostgreSQL or NATS still runs the rest of the
+//! suite. It panics instead when `PALISADE_REQUIRE_SERVICES=1`, and whenever an installed
+//! server fails to start: that is a failure, not a reason to skip.
 //!
 //! # Example
 //!
@@ -55,6 +56,7 @@
 
 pub mod alloc;
 mod error;
+mod nats;
 mod postgres;
 mod process;
 mod redis;
@@ -64,6 +66,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use error::Error;
+pub use nats::NatsServer;
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
 

@@ -1,4 +1,4 @@
-//! Spawning, signalling and reaping the server processes; shared by both servers.
+//! Spawning, signalling and reaping the server processes; shared by every server.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};

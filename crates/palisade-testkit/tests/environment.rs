@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::panic;
 use std::process::Command;
 
-use palisade_testkit::{Error, PostgresServer, RedisServer};
+use palisade_testkit::{Error, NatsServer, PostgresServer, RedisServer};
 use sqlx::{Connection, PgConnection};
 
 /// Set for the child process, so the inner tests do nothing when run by hand.
@@ -26,6 +26,7 @@ fn run_inner(name: &str, vars: &[(&str, &str)]) {
     for var in [
         "REDIS_URL",
         "DATABASE_URL",
+        "NATS_URL",
         "PALISADE_PG_BIN",
         "PALISADE_REQUIRE_SERVICES",
     ] {
@@ -63,6 +64,14 @@ fn redis_url_gives_a_handle_that_refuses_fault_methods() {
 }
 
 #[test]
+fn nats_url_gives_a_handle_that_refuses_fault_methods() {
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    run_inner("inner_nats_url", &[("NATS_URL", nats.url())]);
+}
+
+#[test]
 fn database_url_gives_a_handle_that_makes_databases_but_refuses_fault_methods() {
     let Some(pg) = PostgresServer::start_or_skip() else {
         return;
@@ -84,6 +93,22 @@ fn inner_redis_url() {
     assert!(is_external(redis.pause(), "pause"));
     assert!(is_external(redis.resume(), "resume"));
     assert!(is_external(redis.restart(), "restart"));
+}
+
+#[test]
+#[ignore = "run by nats_url_gives_a_handle_that_refuses_fault_methods"]
+fn inner_nats_url() {
+    if env::var_os(INNER).is_none() {
+        return;
+    }
+    let mut nats = NatsServer::start().expect("start");
+    assert_eq!(nats.url(), env::var("NATS_URL").unwrap());
+    assert_eq!(nats.pid(), None);
+    assert!(is_external(nats.kill(), "kill"));
+    assert!(is_external(nats.stop(), "stop"));
+    assert!(is_external(nats.pause(), "pause"));
+    assert!(is_external(nats.resume(), "resume"));
+    assert!(is_external(nats.restart(), "restart"));
 }
 
 #[tokio::test]
@@ -145,8 +170,16 @@ fn inner_missing_binaries() {
             ..
         })
     ));
+    assert!(matches!(
+        NatsServer::start(),
+        Err(Error::BinaryNotFound {
+            binary: "nats-server",
+            ..
+        })
+    ));
     assert!(RedisServer::start_or_skip().is_none());
     assert!(PostgresServer::start_or_skip().is_none());
+    assert!(NatsServer::start_or_skip().is_none());
 }
 
 #[test]
@@ -167,6 +200,9 @@ fn inner_missing_binaries_required() {
     let pg = panic::catch_unwind(PostgresServer::start_or_skip).expect_err("a panic");
     let pg = message(pg);
     assert!(pg.contains("`initdb` not found"), "{pg}");
+    let nats = panic::catch_unwind(NatsServer::start_or_skip).expect_err("a panic");
+    let nats = message(nats);
+    assert!(nats.contains("`nats-server` not found"), "{nats}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_testkit::{PostgresServer, RedisServer};
+use palisade_testkit::{NatsServer, PostgresServer, RedisServer};
 use rustix::process::{Pid, test_kill_process};
 use sqlx::{Connection, PgConnection};
 
@@ -97,6 +97,27 @@ fn redis_server_of_a_panicked_thread_leaves_no_process() {
         return;
     };
     assert!(all_gone(&pids), "redis-server {pids:?} outlived the panic");
+}
+
+#[test]
+fn dropped_nats_server_leaves_no_process() {
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let Some(pid) = nats.pid() else {
+        return; // external server
+    };
+    drop(nats);
+    assert!(all_gone(&[pid]), "nats-server {pid} outlived its handle");
+}
+
+#[test]
+fn nats_server_of_a_panicked_thread_leaves_no_process() {
+    let Some(pids) = pids_of_server_in_panicking_thread(NatsServer::start_or_skip, NatsServer::pid)
+    else {
+        return;
+    };
+    assert!(all_gone(&pids), "nats-server {pids:?} outlived the panic");
 }
 
 #[tokio::test]
