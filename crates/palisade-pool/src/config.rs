@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use palisade_core::event::Listener;
 
+use crate::adaptive::AdaptiveLimit;
 use crate::event::PoolEvent;
 
 /// The highest concurrency limit a pool takes: 2³¹ − 1 calls in flight.
@@ -33,6 +34,41 @@ pub enum ConfigError {
     /// An aging step of zero would make every waiter the most urgent at once.
     #[error("aging step must be greater than zero")]
     ZeroAging,
+    /// An adaptive limit's bounds do not hold the initial limit.
+    #[error("adaptive limit bounds must hold the initial limit: {min} <= {initial} <= {max}")]
+    AdaptiveBounds {
+        /// The lower bound.
+        min: u32,
+        /// The limit the pool starts with.
+        initial: u32,
+        /// The upper bound.
+        max: u32,
+    },
+    /// An adaptive limit's setting is out of range; the message says which and why.
+    #[error("invalid adaptive limit: {0}")]
+    InvalidAdaptive(&'static str),
+    /// A partition cannot be made as given.
+    #[error("invalid partition `{partition}`: {reason}")]
+    InvalidPartition {
+        /// The partition's name.
+        partition: Cow<'static, str>,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// The most partitions a pool takes.
+pub const MAX_PARTITIONS: usize = 64;
+
+/// Shares are kept in millionths, so quotas are exact integer arithmetic.
+pub(crate) const WHOLE: u32 = 1_000_000;
+
+/// A named share of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub(crate) name: Cow<'static, str>,
+    /// In millionths of the pool.
+    pub(crate) millionths: u32,
 }
 
 /// The order in which waiters of the same priority are admitted.
@@ -58,6 +94,9 @@ pub enum Order {
 /// | aging | off |
 /// | retry-after hint on rejections | **1 s** |
 /// | name | `"pool"` |
+/// | adaptive limit | off |
+/// | partitions | none |
+/// | partitions borrow idle capacity | yes |
 #[derive(Clone)]
 pub struct PoolConfig {
     pub(crate) limit: u32,
@@ -68,6 +107,9 @@ pub struct PoolConfig {
     pub(crate) retry_after: Duration,
     pub(crate) name: Cow<'static, str>,
     pub(crate) listener: Option<Arc<dyn Listener<PoolEvent>>>,
+    pub(crate) adaptive: Option<AdaptiveLimit>,
+    pub(crate) partitions: Vec<Share>,
+    pub(crate) borrow: bool,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -81,6 +123,9 @@ impl fmt::Debug for PoolConfig {
             .field("retry_after", &self.retry_after)
             .field("name", &self.name)
             .field("listener", &self.listener.as_ref().map(|_| "..."))
+            .field("adaptive", &self.adaptive)
+            .field("partitions", &self.partitions)
+            .field("borrow", &self.borrow)
             .finish()
     }
 }
@@ -98,6 +143,9 @@ impl PoolConfig {
             retry_after: Duration::from_secs(1),
             name: Cow::Borrowed("pool"),
             listener: None,
+            adaptive: None,
+            partitions: Vec::new(),
+            borrow: true,
         }
     }
 
@@ -130,6 +178,23 @@ impl PoolConfig {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The adaptive limit, if the pool adapts its limit.
+    pub fn adaptive(&self) -> Option<&AdaptiveLimit> {
+        self.adaptive.as_ref()
+    }
+
+    /// The partitions' names and shares (from 0 to 1), in the order they were added.
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+        self.partitions
+            .iter()
+            .map(|share| (&*share.name, f64::from(share.millionths) / f64::from(WHOLE)))
+    }
+
+    /// Whether partitions may run more than their share while the pool has room.
+    pub fn borrows_idle_capacity(&self) -> bool {
+        self.borrow
+    }
 }
 
 /// Builds a [`PoolConfig`]; every setting is checked by [`build`](Self::build).
@@ -144,6 +209,9 @@ pub struct PoolConfigBuilder {
     retry_after: Duration,
     name: Cow<'static, str>,
     listener: Option<Arc<dyn Listener<PoolEvent>>>,
+    adaptive: Option<AdaptiveLimit>,
+    partitions: Vec<(Cow<'static, str>, f64)>,
+    borrow: bool,
 }
 
 impl fmt::Debug for PoolConfigBuilder {
@@ -156,6 +224,9 @@ impl fmt::Debug for PoolConfigBuilder {
             .field("aging", &self.aging)
             .field("retry_after", &self.retry_after)
             .field("name", &self.name)
+            .field("adaptive", &self.adaptive)
+            .field("partitions", &self.partitions)
+            .field("borrow", &self.borrow)
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +289,33 @@ impl PoolConfigBuilder {
         self
     }
 
+    /// Lets the pool move its limit by itself, between the adaptive limit's bounds, from the
+    /// latency and the failures of the calls it admits; the limit given to
+    /// [`PoolConfig::builder`] is where it starts. Off by default. See
+    /// [`AdaptiveLimit`](crate::AdaptiveLimit).
+    pub fn adaptive(mut self, adaptive: AdaptiveLimit) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
+
+    /// Adds a partition: a bulkhead named `name` guaranteed `share` of the limit (and of the
+    /// queue capacity), from above 0 to 1; the shares of all partitions add up to at most 1.
+    /// Requests are put in partitions by the layer's
+    /// [`partition_by`](crate::ConcurrencyPoolLayer::partition_by). See the
+    /// [`partition`](crate::partition) module for the rules.
+    pub fn partition(mut self, name: impl Into<Cow<'static, str>>, share: f64) -> Self {
+        self.partitions.push((name.into(), share));
+        self
+    }
+
+    /// Whether a partition may run more than its share while the pool as a whole has room
+    /// (default `true`): idle capacity is lent, and given back as the borrowing calls finish.
+    /// With `false`, each partition is capped at its share even when the rest is idle.
+    pub fn borrow_idle_capacity(mut self, borrow: bool) -> Self {
+        self.borrow = borrow;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -236,6 +334,10 @@ impl PoolConfigBuilder {
         if self.aging == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroAging);
         }
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.check(self.limit)?;
+        }
+        let partitions = shares(self.partitions)?;
         Ok(PoolConfig {
             limit: self.limit,
             queue_capacity: self.queue_capacity,
@@ -245,8 +347,41 @@ impl PoolConfigBuilder {
             retry_after: self.retry_after,
             name: self.name,
             listener: self.listener,
+            adaptive: self.adaptive,
+            partitions,
+            borrow: self.borrow,
         })
     }
+}
+
+fn shares(partitions: Vec<(Cow<'static, str>, f64)>) -> Result<Vec<Share>, ConfigError> {
+    let invalid = |partition: &Cow<'static, str>, reason| ConfigError::InvalidPartition {
+        partition: partition.clone(),
+        reason,
+    };
+    if let Some((name, _)) = partitions.get(MAX_PARTITIONS) {
+        return Err(invalid(name, "a pool takes at most 64 partitions"));
+    }
+    let mut checked: Vec<Share> = Vec::with_capacity(partitions.len());
+    let mut total = 0;
+    for (name, share) in partitions {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(invalid(&name, "its share must be above 0 and at most 1"));
+        }
+        let millionths = (share * f64::from(WHOLE)).round() as u32;
+        if millionths == 0 {
+            return Err(invalid(&name, "its share must be at least one millionth"));
+        }
+        if checked.iter().any(|other| other.name == name) {
+            return Err(invalid(&name, "another partition has the same name"));
+        }
+        total += millionths;
+        if total > WHOLE {
+            return Err(invalid(&name, "the shares add up to more than 1"));
+        }
+        checked.push(Share { name, millionths });
+    }
+    Ok(checked)
 }
 
 #[cfg(test)]
@@ -287,6 +422,51 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_limits_are_checked_when_the_config_is_built() {
+        use crate::adaptive::{AdaptiveLimit, Aimd, Gradient2};
+        let build = |start: u32, adaptive: AdaptiveLimit| {
+            PoolConfig::builder(nz(start)).adaptive(adaptive).build()
+        };
+        assert_eq!(
+            build(20, AdaptiveLimit::new(Aimd::new(), nz(25), nz(40))).unwrap_err(),
+            ConfigError::AdaptiveBounds {
+                min: 25,
+                initial: 20,
+                max: 40
+            }
+        );
+        assert_eq!(
+            build(
+                20,
+                AdaptiveLimit::new(Aimd::new(), nz(1), nz(MAX_LIMIT + 1))
+            )
+            .unwrap_err(),
+            ConfigError::LimitTooHigh(MAX_LIMIT + 1)
+        );
+        for invalid in [
+            AdaptiveLimit::new(Aimd::new().backoff_ratio(1.0), nz(1), nz(40)),
+            AdaptiveLimit::new(Aimd::new().backoff_ratio(0.4), nz(1), nz(40)),
+            AdaptiveLimit::new(Aimd::new().latency_threshold(Duration::ZERO), nz(1), nz(40)),
+            AdaptiveLimit::new(Gradient2::new().tolerance(0.9), nz(1), nz(40)),
+            AdaptiveLimit::new(Gradient2::new().tolerance(f64::NAN), nz(1), nz(40)),
+            AdaptiveLimit::new(Gradient2::new().smoothing(0.0), nz(1), nz(40)),
+            AdaptiveLimit::new(Gradient2::new().long_window(0), nz(1), nz(40)),
+            AdaptiveLimit::new(Aimd::new(), nz(1), nz(40)).window(Duration::ZERO),
+            AdaptiveLimit::new(Aimd::new(), nz(1), nz(40)).min_samples(0),
+        ] {
+            assert!(
+                matches!(build(20, invalid), Err(ConfigError::InvalidAdaptive(_))),
+                "{invalid:?}"
+            );
+        }
+        let config = build(20, AdaptiveLimit::new(Gradient2::new(), nz(20), nz(20))).unwrap();
+        assert_eq!(
+            config.adaptive().map(|a| (a.min(), a.max())),
+            Some((20, 20))
+        );
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let config = PoolConfig::builder(nz(8)).build().unwrap();
         assert_eq!(config.limit(), 8);
@@ -296,5 +476,6 @@ mod tests {
         assert_eq!(config.aging(), None);
         assert_eq!(config.retry_after, Duration::from_secs(1));
         assert_eq!(config.name(), "pool");
+        assert!(config.adaptive().is_none());
     }
 }

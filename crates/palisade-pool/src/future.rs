@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use palisade_core::BoxError;
+use palisade_core::classify::Outcome;
 use palisade_core::reject::Overloaded;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -48,8 +49,17 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match ready!(self.project().gate.poll_gate(cx)) {
-            // The permit is dropped here: the call is over.
-            Ok((result, _permit)) => Poll::Ready(result.map_err(Into::into)),
+            Ok((result, mut permit)) => {
+                if let Some(permit) = &mut permit {
+                    permit.set_outcome(match result {
+                        Ok(_) => Outcome::Success,
+                        Err(_) => Outcome::Failure,
+                    });
+                }
+                // The permit is dropped here: the call is over.
+                drop(permit);
+                Poll::Ready(result.map_err(Into::into))
+            }
             Err(rejection) => Poll::Ready(Err(rejection.into())),
         }
     }
@@ -105,11 +115,17 @@ impl<F, S, R> Gate<F, S, R> {
 
     /// A call that found no room on the uncontended path: admitted, queued or rejected under
     /// the pool's lock.
-    pub(crate) fn contended(pool: &Arc<Pool>, priority: Priority, inner: &mut S, request: R) -> Self
+    pub(crate) fn contended(
+        pool: &Arc<Pool>,
+        priority: Priority,
+        lane: usize,
+        inner: &mut S,
+        request: R,
+    ) -> Self
     where
         S: Service<R, Future = F> + Clone,
     {
-        match pool.enqueue(priority) {
+        match pool.enqueue(priority, lane) {
             Enqueued::Admitted(permit) => Self::called(inner.call(request), permit),
             Enqueued::Queued(waiter) => {
                 // The ready service goes with the request; the service keeps a clone, which

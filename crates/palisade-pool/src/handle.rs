@@ -39,8 +39,26 @@ impl PoolHandle {
         self.pool.limit()
     }
 
+    /// Calls holding a permit now in the [partition](crate::partition) named `name`; `None`
+    /// if the pool has no such partition.
+    pub fn partition_in_flight(&self, name: &str) -> Option<u32> {
+        self.pool.partition(name).map(|(in_flight, _, _)| in_flight)
+    }
+
+    /// Calls waiting now in the partition named `name`.
+    pub fn partition_queued(&self, name: &str) -> Option<usize> {
+        self.pool.partition(name).map(|(_, queued, _)| queued)
+    }
+
+    /// The partition's quota now: its share of the current limit, rounded down, at least 1.
+    pub fn partition_quota(&self, name: &str) -> Option<u32> {
+        self.pool.partition(name).map(|(_, _, quota)| quota)
+    }
+
     /// Sets the limit; returns the old one. Raising it admits waiters at once; lowering it
     /// lets the calls in flight finish, and admits nobody until fewer than `limit` remain.
+    /// With an [adaptive limit](crate::adaptive), the algorithm continues from the new limit
+    /// at its next window.
     ///
     /// # Errors
     ///

@@ -68,6 +68,7 @@ use std::task::{Context, Poll, ready};
 use ::http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use palisade_core::RetryAfter;
+use palisade_core::classify::Outcome;
 use palisade_core::reject::rejection_response;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -76,6 +77,7 @@ use tower_service::Service;
 use crate::config::PoolConfig;
 use crate::future::Gate;
 use crate::handle::PoolHandle;
+use crate::partition::{NoPartition, Partition};
 use crate::pool::{Permit, Pool};
 use crate::priority::{DefaultPriority, Prioritize, Priority};
 
@@ -85,9 +87,10 @@ use crate::priority::{DefaultPriority, Prioritize, Priority};
 ///
 /// **One layer value is one pool**, shared by every service it builds, their clones, the
 /// layer's clones and its [handles](Self::handle). See the [module docs](self).
-pub struct HttpConcurrencyPoolLayer<P = DefaultPriority> {
+pub struct HttpConcurrencyPoolLayer<P = DefaultPriority, K = NoPartition> {
     pool: Arc<Pool>,
     prioritize: P,
+    partition: K,
 }
 
 impl HttpConcurrencyPoolLayer {
@@ -96,18 +99,31 @@ impl HttpConcurrencyPoolLayer {
         Self {
             pool: Arc::new(Pool::new(config)),
             prioritize: DefaultPriority,
+            partition: NoPartition,
         }
     }
 }
 
-impl<P> HttpConcurrencyPoolLayer<P> {
+impl<P, K> HttpConcurrencyPoolLayer<P, K> {
     /// Takes each request's priority from `prioritize`: a [`PriorityHeader`], a
     /// [`PriorityExtension`] or a [`priority_fn`](crate::priority_fn) closure over the
     /// request. The pool stays the same.
-    pub fn prioritize<Q>(self, prioritize: Q) -> HttpConcurrencyPoolLayer<Q> {
+    pub fn prioritize<Q>(self, prioritize: Q) -> HttpConcurrencyPoolLayer<Q, K> {
         HttpConcurrencyPoolLayer {
             pool: self.pool,
             prioritize,
+            partition: self.partition,
+        }
+    }
+
+    /// Puts each request in the partition `partition` names: a [`PartitionHeader`] or a
+    /// [`partition_fn`](crate::partition_fn) closure over the request. Only pools configured
+    /// with [partitions](crate::PoolConfigBuilder::partition) ask it. The pool stays the same.
+    pub fn partition_by<L>(self, partition: L) -> HttpConcurrencyPoolLayer<P, L> {
+        HttpConcurrencyPoolLayer {
+            pool: self.pool,
+            prioritize: self.prioritize,
+            partition,
         }
     }
 
@@ -117,33 +133,36 @@ impl<P> HttpConcurrencyPoolLayer<P> {
     }
 }
 
-impl<P: Clone> Clone for HttpConcurrencyPoolLayer<P> {
+impl<P: Clone, K: Clone> Clone for HttpConcurrencyPoolLayer<P, K> {
     /// The clone is the same pool.
     fn clone(&self) -> Self {
         Self {
             pool: Arc::clone(&self.pool),
             prioritize: self.prioritize.clone(),
+            partition: self.partition.clone(),
         }
     }
 }
 
-impl<P> std::fmt::Debug for HttpConcurrencyPoolLayer<P> {
+impl<P, K> std::fmt::Debug for HttpConcurrencyPoolLayer<P, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpConcurrencyPoolLayer")
             .field("pool", &self.pool)
             .field("prioritize", &std::any::type_name::<P>())
+            .field("partition", &std::any::type_name::<K>())
             .finish()
     }
 }
 
-impl<S, P: Clone> Layer<S> for HttpConcurrencyPoolLayer<P> {
-    type Service = HttpConcurrencyPool<S, P>;
+impl<S, P: Clone, K: Clone> Layer<S> for HttpConcurrencyPoolLayer<P, K> {
+    type Service = HttpConcurrencyPool<S, P, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         HttpConcurrencyPool {
             inner,
             pool: Arc::clone(&self.pool),
             prioritize: self.prioritize.clone(),
+            partition: self.partition.clone(),
         }
     }
 }
@@ -155,13 +174,14 @@ impl<S, P: Clone> Layer<S> for HttpConcurrencyPoolLayer<P> {
 /// response bodies are [`PoolBody`]s, which hold the permit until they end. As for
 /// [`ConcurrencyPool`](crate::ConcurrencyPool), `poll_ready` reserves nothing and a waiting
 /// request carries the ready inner service, hence `S: Clone`.
-pub struct HttpConcurrencyPool<S, P = DefaultPriority> {
+pub struct HttpConcurrencyPool<S, P = DefaultPriority, K = NoPartition> {
     inner: S,
     pool: Arc<Pool>,
     prioritize: P,
+    partition: K,
 }
 
-impl<S, P> HttpConcurrencyPool<S, P> {
+impl<S, P, K> HttpConcurrencyPool<S, P, K> {
     /// A handle to this service's pool (the one shared with its layer and clones).
     pub fn handle(&self) -> PoolHandle {
         PoolHandle::new(Arc::clone(&self.pool))
@@ -183,18 +203,19 @@ impl<S, P> HttpConcurrencyPool<S, P> {
     }
 }
 
-impl<S: Clone, P: Clone> Clone for HttpConcurrencyPool<S, P> {
+impl<S: Clone, P: Clone, K: Clone> Clone for HttpConcurrencyPool<S, P, K> {
     /// The clone shares the pool.
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             pool: Arc::clone(&self.pool),
             prioritize: self.prioritize.clone(),
+            partition: self.partition.clone(),
         }
     }
 }
 
-impl<S: std::fmt::Debug, P> std::fmt::Debug for HttpConcurrencyPool<S, P> {
+impl<S: std::fmt::Debug, P, K> std::fmt::Debug for HttpConcurrencyPool<S, P, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpConcurrencyPool")
             .field("inner", &self.inner)
@@ -203,10 +224,11 @@ impl<S: std::fmt::Debug, P> std::fmt::Debug for HttpConcurrencyPool<S, P> {
     }
 }
 
-impl<S, P, ReqB, ResB> Service<Request<ReqB>> for HttpConcurrencyPool<S, P>
+impl<S, P, K, ReqB, ResB> Service<Request<ReqB>> for HttpConcurrencyPool<S, P, K>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     P: Prioritize<Request<ReqB>>,
+    K: Partition<Request<ReqB>>,
     ResB: Default,
 {
     type Response = Response<PoolBody<ResB>>;
@@ -226,8 +248,13 @@ where
             };
         }
         let priority = self.prioritize.priority(&request);
+        let lane = if self.pool.is_partitioned() {
+            self.pool.lane_of(self.partition.partition(&request))
+        } else {
+            0
+        };
         ResponseFuture {
-            gate: Gate::contended(&self.pool, priority, &mut self.inner, request),
+            gate: Gate::contended(&self.pool, priority, lane, &mut self.inner, request),
         }
     }
 }
@@ -255,17 +282,39 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(match ready!(self.project().gate.poll_gate(cx)) {
-            Ok((Ok(response), permit)) => Ok(response.map(|body| PoolBody {
-                inner: body,
-                permit,
-            })),
-            // The permit is dropped here: the call is over.
-            Ok((Err(error), _permit)) => Err(error),
+            Ok((Ok(response), mut permit)) => {
+                if let Some(permit) = &mut permit {
+                    permit.set_outcome(outcome(response.status()));
+                }
+                Ok(response.map(|body| PoolBody {
+                    inner: body,
+                    permit,
+                }))
+            }
+            Ok((Err(error), mut permit)) => {
+                if let Some(permit) = &mut permit {
+                    permit.set_outcome(Outcome::Failure);
+                }
+                // The permit is dropped here: the call is over.
+                drop(permit);
+                Err(error)
+            }
             Err(rejection) => Ok(rejection_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 rejection.retry_after(),
             )),
         })
+    }
+}
+
+/// What a response says to an adaptive limit: `429`, `503` and `504` are drops (the service or
+/// something behind it is overloaded); anything else is a measured success.
+fn outcome(status: StatusCode) -> Outcome {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Outcome::Failure,
+        _ => Outcome::Success,
     }
 }
 
@@ -423,6 +472,33 @@ impl<B> Prioritize<Request<B>> for PriorityExtension {
     }
 }
 
+/// Puts a request in the partition its header names, such as `x-tenant-class: batch`; a
+/// missing or unreadable header puts it in the rest (see [`partition`](crate::partition)).
+///
+/// As with [`PriorityHeader`], read a header that a trusted proxy sets, or one your own
+/// middleware sets, not one any client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionHeader {
+    name: HeaderName,
+}
+
+impl PartitionHeader {
+    /// Reads the header `name`.
+    pub fn new(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+impl<B> Partition<Request<B>> for PartitionHeader {
+    fn partition<'r>(&self, request: &'r Request<B>) -> Option<&'r str> {
+        request
+            .headers()
+            .get(&self.name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +524,16 @@ mod tests {
         assert_eq!(extension.priority(&request), Priority::DEFAULT);
         request.extensions_mut().insert(Priority::HIGHEST);
         assert_eq!(extension.priority(&request), Priority::HIGHEST);
+    }
+
+    #[test]
+    fn partition_header_names_the_partition_or_nothing() {
+        let header = PartitionHeader::new(HeaderName::from_static("x-class"));
+        let request = Request::builder()
+            .header("x-class", " batch ")
+            .body(())
+            .unwrap();
+        assert_eq!(header.partition(&request), Some("batch"));
+        assert_eq!(header.partition(&Request::new(())), None);
     }
 }

@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use crate::config::PoolConfig;
 use crate::handle::PoolHandle;
+use crate::partition::NoPartition;
 use crate::pool::Pool;
 use crate::priority::DefaultPriority;
 use crate::service::ConcurrencyPool;
@@ -17,10 +18,13 @@ use crate::service::ConcurrencyPool;
 /// and queue. Build one layer per resource you want to bound separately.
 ///
 /// `P` decides each request's [`Priority`](crate::Priority) ([`DefaultPriority`]: all 5);
-/// set it with [`prioritize`](Self::prioritize).
-pub struct ConcurrencyPoolLayer<P = DefaultPriority> {
+/// set it with [`prioritize`](Self::prioritize). `K` puts each request in its
+/// [partition](crate::partition) ([`NoPartition`]: none); set it with
+/// [`partition_by`](Self::partition_by).
+pub struct ConcurrencyPoolLayer<P = DefaultPriority, K = NoPartition> {
     pool: Arc<Pool>,
     prioritize: P,
+    partition: K,
 }
 
 impl ConcurrencyPoolLayer {
@@ -29,18 +33,32 @@ impl ConcurrencyPoolLayer {
         Self {
             pool: Arc::new(Pool::new(config)),
             prioritize: DefaultPriority,
+            partition: NoPartition,
         }
     }
 }
 
-impl<P> ConcurrencyPoolLayer<P> {
+impl<P, K> ConcurrencyPoolLayer<P, K> {
     /// Takes each request's priority from `prioritize`: a [`priority_fn`](crate::priority_fn)
     /// closure or, with `http`, a [`PriorityHeader`](crate::http::PriorityHeader) or
     /// [`PriorityExtension`](crate::http::PriorityExtension). The pool stays the same.
-    pub fn prioritize<Q>(self, prioritize: Q) -> ConcurrencyPoolLayer<Q> {
+    pub fn prioritize<Q>(self, prioritize: Q) -> ConcurrencyPoolLayer<Q, K> {
         ConcurrencyPoolLayer {
             pool: self.pool,
             prioritize,
+            partition: self.partition,
+        }
+    }
+
+    /// Puts each request in the partition `partition` names: a
+    /// [`partition_fn`](crate::partition_fn) closure or, with `http`, a
+    /// [`PartitionHeader`](crate::http::PartitionHeader). Only pools configured with
+    /// [partitions](crate::PoolConfigBuilder::partition) ask it. The pool stays the same.
+    pub fn partition_by<L>(self, partition: L) -> ConcurrencyPoolLayer<P, L> {
+        ConcurrencyPoolLayer {
+            pool: self.pool,
+            prioritize: self.prioritize,
+            partition,
         }
     }
 
@@ -50,29 +68,36 @@ impl<P> ConcurrencyPoolLayer<P> {
     }
 }
 
-impl<P: Clone> Clone for ConcurrencyPoolLayer<P> {
+impl<P: Clone, K: Clone> Clone for ConcurrencyPoolLayer<P, K> {
     /// The clone is the same pool.
     fn clone(&self) -> Self {
         Self {
             pool: Arc::clone(&self.pool),
             prioritize: self.prioritize.clone(),
+            partition: self.partition.clone(),
         }
     }
 }
 
-impl<P> std::fmt::Debug for ConcurrencyPoolLayer<P> {
+impl<P, K> std::fmt::Debug for ConcurrencyPoolLayer<P, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConcurrencyPoolLayer")
             .field("pool", &self.pool)
             .field("prioritize", &std::any::type_name::<P>())
+            .field("partition", &std::any::type_name::<K>())
             .finish()
     }
 }
 
-impl<S, P: Clone> Layer<S> for ConcurrencyPoolLayer<P> {
-    type Service = ConcurrencyPool<S, P>;
+impl<S, P: Clone, K: Clone> Layer<S> for ConcurrencyPoolLayer<P, K> {
+    type Service = ConcurrencyPool<S, P, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyPool::new(inner, Arc::clone(&self.pool), self.prioritize.clone())
+        ConcurrencyPool::new(
+            inner,
+            Arc::clone(&self.pool),
+            self.prioritize.clone(),
+            self.partition.clone(),
+        )
     }
 }

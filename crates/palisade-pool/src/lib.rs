@@ -22,8 +22,14 @@
 //! - **frees permits by `Drop`**: on completion, on error, when the caller gives up (a
 //!   dropped waiter leaves the queue; a permit granted to it goes to the next), and with
 //!   `http` only when the response **body** ends;
-//! - is **observable and steerable**: a [`PoolHandle`] reads in-flight and queued calls and
-//!   sets the limit at runtime (raising it admits waiters); [`PoolEvent`]s go to a core
+//! - can **find its own limit** ([`adaptive`], off by default): AIMD or Gradient2, as in
+//!   Netflix's `concurrency-limits`, move the limit between bounds from the latency and the
+//!   failures of the calls it admits;
+//! - can split into **partitions** ([`partition`]): per-key bulkheads, each guaranteed its
+//!   share of the limit and of the queue (`api` 70 %, `batch` 30 %), borrowing idle capacity
+//!   or not, under one total;
+//! - is **observable and steerable**: a [`PoolHandle`] reads in-flight and queued calls (per
+//!   partition too) and sets the limit at runtime (raising it admits waiters); [`PoolEvent`]s go to a core
 //!   [`Listener`](palisade_core::Listener) (a `MetricsListener` records the in-flight and
 //!   queue gauges and the wait time histogram), and `tracing` events mark sheds and limit
 //!   changes.
@@ -86,8 +92,9 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `http` | module `http`: `HttpConcurrencyPoolLayer` (answer shed requests with `503` + `Retry-After`, hold the permit until the response body ends), priorities from a header or a request extension |
+//! | `http` | module `http`: `HttpConcurrencyPoolLayer` (answer shed requests with `503` + `Retry-After`, hold the permit until the response body ends), priorities from a header or a request extension, partitions from a header |
 
+pub mod adaptive;
 mod config;
 mod event;
 pub mod future;
@@ -95,15 +102,20 @@ mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 mod layer;
+pub mod partition;
 mod pool;
 mod priority;
 mod queue;
 mod service;
 
-pub use crate::config::{ConfigError, MAX_LIMIT, MAX_QUEUE, Order, PoolConfig, PoolConfigBuilder};
+pub use crate::adaptive::{AdaptiveLimit, Aimd, Algorithm, Gradient2};
+pub use crate::config::{
+    ConfigError, MAX_LIMIT, MAX_PARTITIONS, MAX_QUEUE, Order, PoolConfig, PoolConfigBuilder,
+};
 pub use crate::event::{PoolEvent, ShedReason};
 pub use crate::handle::PoolHandle;
 pub use crate::layer::ConcurrencyPoolLayer;
+pub use crate::partition::{NoPartition, Partition, PartitionFn, partition_fn};
 pub use crate::priority::{DefaultPriority, Prioritize, Priority, PriorityFn, priority_fn};
 pub use crate::service::ConcurrencyPool;
 pub use palisade_core::reject::Overloaded;

@@ -67,8 +67,12 @@ pub(crate) struct Queue {
     levels: Vec<Link>,
     nonempty: [u64; LEVELS / 64],
     len: usize,
-    seq: u64,
 }
+
+/// How soon a waiter goes, lowest first: effective level, then aged before not aged, then
+/// arrival (oldest first for aged waiters and FIFO, newest first for LIFO). Arrival numbers
+/// are the pool's, so keys compare across the queues of a partitioned pool.
+pub(crate) type Key = (u32, u8, u64);
 
 impl Queue {
     pub(crate) fn new() -> Self {
@@ -78,7 +82,6 @@ impl Queue {
             levels: vec![Link::EMPTY; LEVELS],
             nonempty: [0; LEVELS / 64],
             len: 0,
-            seq: 0,
         }
     }
 
@@ -91,14 +94,14 @@ impl Queue {
         self.len == 0
     }
 
-    /// Adds a waiter of `level` at the end of its level; returns its slot.
-    pub(crate) fn push(&mut self, level: u8, since: Instant) -> u32 {
+    /// Adds a waiter of `level`, arrival number `seq` (increasing), at the end of its level;
+    /// returns its slot.
+    pub(crate) fn push(&mut self, level: u8, since: Instant, seq: u64) -> u32 {
         let tail = self.levels[usize::from(level)].tail;
-        self.seq += 1;
         let waiting = Slot::Waiting(Waiting {
             waker: None,
             level,
-            seq: self.seq,
+            seq,
             since,
             prev: tail,
             next: NONE,
@@ -168,7 +171,7 @@ impl Queue {
         order: Order,
         aging: Option<(Duration, Instant)>,
     ) -> Option<Option<Waker>> {
-        let index = self.pick(order, aging)?;
+        let (_, index) = self.pick(order, aging)?;
         let waker = match &mut self.slots[index as usize] {
             Slot::Waiting(waiting) => waiting.waker.take(),
             _ => None,
@@ -178,25 +181,30 @@ impl Queue {
         Some(waker)
     }
 
-    /// The waiter to admit next: the lowest (effective) priority level; within it, by `order`.
-    fn pick(&self, order: Order, aging: Option<(Duration, Instant)>) -> Option<u32> {
+    /// The key of the waiter [`grant_next`](Self::grant_next) would grant, if any.
+    pub(crate) fn peek(&self, order: Order, aging: Option<(Duration, Instant)>) -> Option<Key> {
+        self.pick(order, aging).map(|(key, _)| key)
+    }
+
+    /// The waiter to admit next and its key: the lowest (effective) priority level; within it,
+    /// by `order`.
+    fn pick(&self, order: Order, aging: Option<(Duration, Instant)>) -> Option<(Key, u32)> {
         let first = self.levels().next()?;
         let natural = |level: usize| match order {
             Order::Fifo => self.levels[level].head,
             Order::Lifo => self.levels[level].tail,
         };
-        let Some((step, now)) = aging else {
-            return Some(natural(first));
-        };
         // A level's head is its oldest waiter, so the one aged most; among waiters that have
         // not aged, the natural pick is the one `order` wants. At equal effective level,
         // aged waiters go first, oldest first; then the others by `order`.
-        let key = |index: u32| {
+        let key = |index: u32| -> Key {
             let Some(waiting) = self.waiting(index) else {
                 return (u32::MAX, 1, u64::MAX);
             };
-            let age = now.saturating_duration_since(waiting.since);
-            let steps = u8::try_from(age.as_nanos() / step.as_nanos().max(1)).unwrap_or(u8::MAX);
+            let steps = aging.map_or(0, |(step, now)| {
+                let age = now.saturating_duration_since(waiting.since);
+                u8::try_from(age.as_nanos() / step.as_nanos().max(1)).unwrap_or(u8::MAX)
+            });
             let effective = u32::from(waiting.level.saturating_sub(steps));
             if steps > 0 && waiting.level > 0 {
                 (effective, 0, waiting.seq)
@@ -208,7 +216,11 @@ impl Queue {
                 (effective, 1, tie)
             }
         };
-        let mut best: Option<((u32, u8, u64), u32)> = None;
+        if aging.is_none() {
+            let index = natural(first);
+            return Some((key(index), index));
+        }
+        let mut best: Option<(Key, u32)> = None;
         for level in self.levels() {
             let link = self.levels[level];
             for index in [natural(level), link.head] {
@@ -218,7 +230,7 @@ impl Queue {
                 }
             }
         }
-        best.map(|(_, index)| index)
+        best
     }
 
     /// The levels that have waiters, lowest first.
@@ -285,7 +297,7 @@ mod tests {
 
     fn drain(queue: &mut Queue, order: Order, aging: Option<(Duration, Instant)>) -> Vec<u32> {
         let mut granted = Vec::new();
-        while let Some(index) = queue.pick(order, aging) {
+        while let Some((_, index)) = queue.pick(order, aging) {
             queue.grant_next(order, aging).unwrap();
             granted.push(index);
         }
@@ -296,11 +308,11 @@ mod tests {
     fn lower_levels_first_then_arrival_order() {
         let now = Instant::now();
         let mut queue = Queue::new();
-        let a = queue.push(5, now);
-        let b = queue.push(1, now);
-        let c = queue.push(5, now);
-        let d = queue.push(200, now);
-        let e = queue.push(1, now);
+        let a = queue.push(5, now, 1);
+        let b = queue.push(1, now, 2);
+        let c = queue.push(5, now, 3);
+        let d = queue.push(200, now, 4);
+        let e = queue.push(1, now, 5);
         assert_eq!(queue.len(), 5);
         assert_eq!(drain(&mut queue, Order::Fifo, None), [b, e, a, c, d]);
         assert!(queue.is_empty());
@@ -310,9 +322,9 @@ mod tests {
     fn lifo_takes_the_newest_of_the_lowest_level() {
         let now = Instant::now();
         let mut queue = Queue::new();
-        let a = queue.push(5, now);
-        let b = queue.push(5, now);
-        let c = queue.push(3, now);
+        let a = queue.push(5, now, 6);
+        let b = queue.push(5, now, 7);
+        let c = queue.push(3, now, 8);
         assert_eq!(drain(&mut queue, Order::Lifo, None), [c, b, a]);
     }
 
@@ -321,10 +333,10 @@ mod tests {
         let start = Instant::now();
         let step = Duration::from_secs(1);
         let mut queue = Queue::new();
-        let old = queue.push(9, start);
+        let old = queue.push(9, start, 9);
         let later = start + Duration::from_secs(4);
-        let fresh_six = queue.push(6, later);
-        let fresh_five = queue.push(5, later);
+        let fresh_six = queue.push(6, later, 10);
+        let fresh_five = queue.push(5, later, 11);
         // `old` has waited 4 steps: it competes as a 5 and, aged, goes before the fresh 5.
         assert_eq!(
             drain(&mut queue, Order::Fifo, Some((step, later))),
@@ -336,12 +348,12 @@ mod tests {
     fn cancelled_waiters_leave_and_their_slots_are_reused() {
         let now = Instant::now();
         let mut queue = Queue::new();
-        let a = queue.push(5, now);
-        let b = queue.push(5, now);
-        let c = queue.push(5, now);
+        let a = queue.push(5, now, 12);
+        let b = queue.push(5, now, 13);
+        let c = queue.push(5, now, 14);
         assert_eq!(queue.cancel(b), Look::Waiting);
         assert_eq!(queue.len(), 2);
-        let d = queue.push(5, now);
+        let d = queue.push(5, now, 15);
         assert_eq!(d, b, "the freed slot is reused");
         assert_eq!(drain(&mut queue, Order::Fifo, None), [a, c, d]);
         assert_eq!(queue.cancel(a), Look::Granted);

@@ -8,6 +8,7 @@ use tower_service::Service;
 
 use crate::future::{Gate, ResponseFuture};
 use crate::handle::PoolHandle;
+use crate::partition::{NoPartition, Partition};
 use crate::pool::Pool;
 use crate::priority::{DefaultPriority, Prioritize};
 
@@ -25,20 +26,24 @@ use crate::priority::{DefaultPriority, Prioritize};
 /// `S: Clone`, as for most services in a stack (axum routers, tower-http layers,
 /// `Buffer`).
 ///
+/// In a pool with [partitions](crate::partition), `K` puts each request in its partition.
+///
 /// Errors are boxed: the inner service's as they are, and rejections as [`Overloaded`](crate::Overloaded),
 /// which [`Rejection::find`](palisade_core::Rejection::find) recognises.
-pub struct ConcurrencyPool<S, P = DefaultPriority> {
+pub struct ConcurrencyPool<S, P = DefaultPriority, K = NoPartition> {
     inner: S,
     pool: Arc<Pool>,
     prioritize: P,
+    partition: K,
 }
 
-impl<S, P> ConcurrencyPool<S, P> {
-    pub(crate) fn new(inner: S, pool: Arc<Pool>, prioritize: P) -> Self {
+impl<S, P, K> ConcurrencyPool<S, P, K> {
+    pub(crate) fn new(inner: S, pool: Arc<Pool>, prioritize: P, partition: K) -> Self {
         Self {
             inner,
             pool,
             prioritize,
+            partition,
         }
     }
 
@@ -63,18 +68,19 @@ impl<S, P> ConcurrencyPool<S, P> {
     }
 }
 
-impl<S: Clone, P: Clone> Clone for ConcurrencyPool<S, P> {
+impl<S: Clone, P: Clone, K: Clone> Clone for ConcurrencyPool<S, P, K> {
     /// The clone shares the pool.
     fn clone(&self) -> Self {
         Self::new(
             self.inner.clone(),
             Arc::clone(&self.pool),
             self.prioritize.clone(),
+            self.partition.clone(),
         )
     }
 }
 
-impl<S: std::fmt::Debug, P> std::fmt::Debug for ConcurrencyPool<S, P> {
+impl<S: std::fmt::Debug, P, K> std::fmt::Debug for ConcurrencyPool<S, P, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConcurrencyPool")
             .field("inner", &self.inner)
@@ -83,11 +89,12 @@ impl<S: std::fmt::Debug, P> std::fmt::Debug for ConcurrencyPool<S, P> {
     }
 }
 
-impl<S, P, R> Service<R> for ConcurrencyPool<S, P>
+impl<S, P, K, R> Service<R> for ConcurrencyPool<S, P, K>
 where
     S: Service<R> + Clone,
     S::Error: Into<BoxError>,
     P: Prioritize<R>,
+    K: Partition<R>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -104,9 +111,15 @@ where
             return ResponseFuture::new(Gate::called(self.inner.call(request), permit));
         }
         let priority = self.prioritize.priority(&request);
+        let lane = if self.pool.is_partitioned() {
+            self.pool.lane_of(self.partition.partition(&request))
+        } else {
+            0
+        };
         ResponseFuture::new(Gate::contended(
             &self.pool,
             priority,
+            lane,
             &mut self.inner,
             request,
         ))

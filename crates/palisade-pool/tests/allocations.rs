@@ -56,3 +56,34 @@ fn calls_below_the_limit_allocate_nothing_while_others_are_in_flight() {
     }
     assert_eq!(allocations() - before, 0);
 }
+
+#[test]
+fn adaptive_and_partitioned_calls_allocate_nothing_while_the_pool_has_room() {
+    use palisade_pool::{AdaptiveLimit, Aimd, partition_fn};
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    let config = PoolConfig::builder(nz(8))
+        .adaptive(AdaptiveLimit::new(Aimd::new(), nz(1), nz(8)).min_samples(1))
+        .partition("even", 0.5)
+        .partition("odd", 0.5)
+        .build()
+        .unwrap();
+    let layer = ConcurrencyPoolLayer::new(config).partition_by(partition_fn(|n: &u64| {
+        if n.is_multiple_of(2) { "even" } else { "odd" }
+    }));
+    let handle = layer.handle();
+    let mut service = layer.layer(tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))));
+    for n in 0..1_000 {
+        now(now(service.ready()).unwrap().call(n)).unwrap();
+    }
+    let before = allocations();
+    for n in 0..10_000 {
+        let response = now(now(service.ready()).unwrap().call(n)).unwrap();
+        assert_eq!(response, n);
+    }
+    let allocated = allocations() - before;
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(
+        allocated, 0,
+        "10 000 adaptive, partitioned calls allocated {allocated} times"
+    );
+}
