@@ -15,8 +15,9 @@
 //!
 //! It prints one line per event on stdout, `drain-server <what> key=value ...`; the
 //! real-process test (`tests/process.rs`) reads them. Settings come from the environment:
-//! `DRAIN_ADDR` (default `127.0.0.1:3000`), `DRAIN_GRACE_MS` (default 5000) and
-//! `DRAIN_DEADLINE_MS` (default 30000).
+//! `DRAIN_ADDR` (default `127.0.0.1:3000`), `DRAIN_GRACE_MS` (default 5000),
+//! `DRAIN_GRACE_PROBES` (the grace delay ends once `/health` has answered `503` this many
+//! times; default: the whole delay) and `DRAIN_DEADLINE_MS` (default 30000).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -96,8 +97,14 @@ fn print_event(event: &ShutdownEvent) {
 
 async fn serve_until_done() -> u8 {
     let addr = std::env::var("DRAIN_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let shutdown = Shutdown::builder()
-        .grace(millis_from_env("DRAIN_GRACE_MS", 5_000))
+    let mut builder = Shutdown::builder().grace(millis_from_env("DRAIN_GRACE_MS", 5_000));
+    if let Some(probes) = std::env::var("DRAIN_GRACE_PROBES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        builder = builder.grace_until_probed(probes);
+    }
+    let shutdown = builder
         .drain_deadline(millis_from_env("DRAIN_DEADLINE_MS", 30_000))
         .cancel_grace(Duration::from_millis(500))
         .on_signals()

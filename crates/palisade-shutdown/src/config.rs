@@ -19,6 +19,9 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) grace: Duration,
+    /// The grace delay ends early once the health endpoint has answered `503` this many
+    /// times (feature `http`).
+    pub(crate) grace_probes: Option<u32>,
     pub(crate) drain_deadline: Duration,
     pub(crate) cancel_grace: Duration,
     pub(crate) signals: bool,
@@ -29,6 +32,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("grace", &self.grace)
+            .field("grace_probes", &self.grace_probes)
             .field("drain_deadline", &self.drain_deadline)
             .field("cancel_grace", &self.cancel_grace)
             .field("signals", &self.signals)
@@ -42,6 +46,7 @@ impl fmt::Debug for Config {
 /// | setting | default |
 /// |---|---|
 /// | [`grace`](Self::grace) delay before servers stop accepting | **none** |
+/// | [`grace_until_probed`](Self::grace_until_probed): the grace delay ends once health has answered `503` this many times (feature `http`) | off: the whole delay |
 /// | [`drain_deadline`](Self::drain_deadline) | **30 s** ([`DEFAULT_DRAIN_DEADLINE`]) |
 /// | [`cancel_grace`](Self::cancel_grace) after the deadline | **1 s** ([`DEFAULT_CANCEL_GRACE`]) |
 /// | [hooks](Self::hook) | none; each hook's timeout defaults to **5 s** ([`Hook::DEFAULT_TIMEOUT`]) |
@@ -60,6 +65,7 @@ impl ShutdownBuilder {
         Self {
             config: Config {
                 grace: Duration::ZERO,
+                grace_probes: None,
                 drain_deadline: DEFAULT_DRAIN_DEADLINE,
                 cancel_grace: DEFAULT_CANCEL_GRACE,
                 signals: false,
@@ -74,6 +80,46 @@ impl ShutdownBuilder {
     /// periods). Default: none.
     pub fn grace(mut self, delay: Duration) -> Self {
         self.config.grace = delay;
+        self
+    }
+
+    /// Ends the [grace delay](Self::grace) early, once the [health endpoint](crate::HealthService)
+    /// has answered `503` `probes` times: the readiness probes have seen the instance go
+    /// unhealthy, so waiting out the rest of the delay gains nothing. The delay still
+    /// bounds the wait if the probes do not come; `0` ends it at once (feature `http`).
+    ///
+    /// Every `503` counts, whoever asked: with several probers (a load balancer probing
+    /// from several nodes, the kubelet), count them all, for instance probers times their
+    /// failure threshold. Default: off, the grace delay is waited out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_shutdown::{Phase, Shutdown};
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let shutdown = Shutdown::builder()
+    ///     .grace(Duration::from_secs(60))
+    ///     .grace_until_probed(2)
+    ///     .build();
+    /// let run = tokio::spawn({
+    ///     let shutdown = shutdown.clone();
+    ///     async move { shutdown.run().await }
+    /// });
+    /// shutdown.trigger();
+    /// for _ in 0..2 {
+    ///     let probe = shutdown.health().oneshot(http::Request::new(())).await.unwrap();
+    ///     assert_eq!(probe.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    /// }
+    /// shutdown.wait_for(Phase::StopAccepting).await;
+    /// assert!(shutdown.uptime() < Duration::from_secs(60), "not the whole delay");
+    /// # run.await.unwrap().unwrap();
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn grace_until_probed(mut self, probes: u32) -> Self {
+        self.config.grace_probes = Some(probes);
         self
     }
 

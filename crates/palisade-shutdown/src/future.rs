@@ -2,14 +2,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
 use palisade_core::reject::ShuttingDown;
 use pin_project_lite::pin_project;
 
-use crate::state::{Deadline, Tracker};
+use crate::state::{Deadline, InFlight};
 
 pin_project! {
     /// The future of a [`ShutdownService`](crate::ShutdownService) call: the inner
@@ -30,7 +29,7 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            tracker: Arc<Tracker>,
+            in_flight: InFlight,
             deadline: Deadline,
         },
         Rejected {
@@ -42,11 +41,11 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     #[inline]
-    pub(crate) fn called(future: F, tracker: Arc<Tracker>) -> Self {
+    pub(crate) fn called(future: F, in_flight: InFlight) -> Self {
         Self {
             kind: Kind::Called {
                 future,
-                tracker,
+                in_flight,
                 deadline: Deadline::default(),
             },
         }
@@ -72,10 +71,10 @@ where
         let output = match kind.as_mut().project() {
             KindProj::Called {
                 future,
-                tracker,
+                in_flight,
                 deadline,
             } => {
-                let core = tracker.core();
+                let core = in_flight.core();
                 if Deadline::passed(core) {
                     Err(ShuttingDown::new().into())
                 } else {
@@ -91,7 +90,7 @@ where
             KindProj::Rejected { rejection } => Err((*rejection).into()),
             KindProj::Done => panic!("ResponseFuture polled after it completed"),
         };
-        // Drops the inner future and the tracker reference: the call is no longer in flight.
+        // Drops the inner future and the in-flight count: the call is no longer in flight.
         kind.set(Kind::Done);
         Poll::Ready(output)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{State, Tracker};
+use crate::state::State;
 
 /// A piece of long-lived work registered with a [`Shutdown`](crate::Shutdown); made by
 /// [`Shutdown::guard`](crate::Shutdown::guard).
@@ -51,13 +51,13 @@ use crate::state::{State, Tracker};
 /// ```
 pub struct ShutdownGuard {
     state: Arc<State>,
-    tracker: Option<Arc<Tracker>>,
+    tracked: bool,
 }
 
 impl ShutdownGuard {
     pub(crate) fn new(state: Arc<State>) -> Self {
-        let tracker = state.register_task();
-        Self { state, tracker }
+        let tracked = state.register_task();
+        Self { state, tracked }
     }
 
     /// Resolves when the drain begins (at once if it already has).
@@ -68,7 +68,7 @@ impl ShutdownGuard {
     /// Resolves at the drain deadline, or at once on a forced stop (at once if that has
     /// already happened).
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.state.core.cancel.cancelled()
+        self.state.cancel.cancelled()
     }
 
     /// Whether the drain has begun.
@@ -78,7 +78,7 @@ impl ShutdownGuard {
 
     /// Whether the deadline has passed or the stop was forced.
     pub fn is_cancelled(&self) -> bool {
-        self.state.core.cancel.is_cancelled()
+        self.state.cancel.is_cancelled()
     }
 
     /// A token cancelled when the drain begins, for APIs that take a
@@ -89,20 +89,20 @@ impl ShutdownGuard {
 
     /// A token cancelled at the drain deadline or on a forced stop.
     pub fn cancel_token(&self) -> CancellationToken {
-        self.state.core.cancel.clone()
+        self.state.cancel.clone()
     }
 
     /// Whether the drain waits for this guard. A guard made after the drain finished
     /// tracks nothing (and is told to stop at once).
     pub fn is_tracked(&self) -> bool {
-        self.tracker.is_some()
+        self.tracked
     }
 }
 
 impl Drop for ShutdownGuard {
     fn drop(&mut self) {
-        if let Some(tracker) = self.tracker.take() {
-            self.state.unregister_task(tracker);
+        if self.tracked {
+            self.state.unregister_task();
         }
     }
 }

@@ -52,7 +52,7 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ use tower_service::Service;
 use crate::layer::Admission;
 use crate::phase::Phase;
 use crate::shutdown::Shutdown;
-use crate::state::{Core, Deadline, RUNNING, State, Tracker};
+use crate::state::{CANCELLING, Core, Deadline, InFlight, RUNNING, State};
 
 /// Wraps HTTP services in an [`HttpShutdownService`]; see the [module docs](self).
 /// Made by [`Shutdown::http_layer`] or [`HttpShutdownLayer::new`].
@@ -118,8 +118,7 @@ impl<S> Layer<S> for HttpShutdownLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HttpShutdownService {
             inner,
-            core: Arc::clone(&self.state.core),
-            requests: self.state.requests.clone(),
+            core: self.state.core,
             state: Arc::clone(&self.state),
             admission: self.admission,
             rejecting: false,
@@ -131,8 +130,7 @@ impl<S> Layer<S> for HttpShutdownLayer {
 /// built by [`HttpShutdownLayer`].
 pub struct HttpShutdownService<S> {
     inner: S,
-    core: Arc<Core>,
-    requests: Weak<Tracker>,
+    core: &'static Core,
     state: Arc<State>,
     admission: Admission,
     rejecting: bool,
@@ -160,8 +158,7 @@ impl<S: Clone> Clone for HttpShutdownService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            core: Arc::clone(&self.core),
-            requests: self.requests.clone(),
+            core: self.core,
             state: Arc::clone(&self.state),
             admission: self.admission,
             rejecting: false,
@@ -199,18 +196,30 @@ where
     #[inline]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let http1 = request.version() < Version::HTTP_2;
-        if !self.rejecting
-            && let Some(tracker) = self.requests.upgrade()
-        {
+        // Once the deadline has passed nothing is tracked any more, even if `poll_ready`
+        // came before it.
+        if !self.rejecting && self.core.phase() < CANCELLING {
+            let in_flight = self.core.start();
             return ResponseFuture {
                 kind: Kind::Called {
                     future: self.inner.call(request),
-                    tracker: Some(tracker),
+                    in_flight: Some(in_flight),
                     deadline: Deadline::default(),
                     http1,
                 },
             };
         }
+        drop(request);
+        self.reject(http1)
+    }
+}
+
+impl<S> HttpShutdownService<S> {
+    /// The rejected call's future, made out of line so that the hot path builds only the
+    /// called one.
+    #[cold]
+    #[inline(never)]
+    fn reject<F>(&mut self, http1: bool) -> ResponseFuture<F> {
         self.rejecting = false;
         ResponseFuture {
             kind: Kind::Rejected {
@@ -236,7 +245,7 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            tracker: Option<Arc<Tracker>>,
+            in_flight: Option<InFlight>,
             deadline: Deadline,
             http1: bool,
         },
@@ -261,11 +270,11 @@ where
         let output = match kind.as_mut().project() {
             KindProj::Called {
                 future,
-                tracker,
+                in_flight,
                 deadline,
                 http1,
             } => {
-                let Some(core) = tracker.as_deref().map(Tracker::core) else {
+                let Some(core) = in_flight.as_ref().map(InFlight::core) else {
                     panic!("ResponseFuture polled after it completed");
                 };
                 if Deadline::passed(core) {
@@ -274,7 +283,7 @@ where
                     match future.poll(cx) {
                         Poll::Ready(Ok(response)) => {
                             let closing = *http1 && core.phase() != RUNNING;
-                            Ok(track(response, tracker.take(), closing))
+                            Ok(track(response, in_flight.take(), closing))
                         }
                         Poll::Ready(Err(error)) => Err(error),
                         Poll::Pending if deadline.poll_passed(core, cx) => {
@@ -302,7 +311,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 #[inline]
 fn track<B: Body>(
     response: Response<B>,
-    tracker: Option<Arc<Tracker>>,
+    in_flight: Option<InFlight>,
     closing: bool,
 ) -> Response<ShutdownBody<B>> {
     let (mut parts, body) = response.into_parts();
@@ -314,7 +323,7 @@ fn track<B: Body>(
     let body = if body.is_end_stream() {
         ShutdownBody::new(body, None)
     } else {
-        ShutdownBody::new(body, tracker)
+        ShutdownBody::new(body, in_flight)
     };
     Response::from_parts(parts, body)
 }
@@ -340,16 +349,16 @@ pin_project! {
     pub struct ShutdownBody<B> {
         #[pin]
         inner: Option<B>,
-        tracker: Option<Arc<Tracker>>,
+        in_flight: Option<InFlight>,
         deadline: Deadline,
     }
 }
 
 impl<B> ShutdownBody<B> {
-    fn new(inner: B, tracker: Option<Arc<Tracker>>) -> Self {
+    fn new(inner: B, in_flight: Option<InFlight>) -> Self {
         Self {
             inner: Some(inner),
-            tracker,
+            in_flight,
             deadline: Deadline::default(),
         }
     }
@@ -358,14 +367,14 @@ impl<B> ShutdownBody<B> {
     pub fn empty() -> Self {
         Self {
             inner: None,
-            tracker: None,
+            in_flight: None,
             deadline: Deadline::default(),
         }
     }
 
     /// Whether the body still keeps its request in flight.
     pub fn is_tracked(&self) -> bool {
-        self.tracker.is_some()
+        self.in_flight.is_some()
     }
 }
 
@@ -379,7 +388,7 @@ impl<B> std::fmt::Debug for ShutdownBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShutdownBody")
             .field("empty", &self.inner.is_none())
-            .field("tracked", &self.tracker.is_some())
+            .field("tracked", &self.in_flight.is_some())
             .finish()
     }
 }
@@ -401,27 +410,29 @@ where
         let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let core = this.tracker.as_deref().map(Tracker::core);
+        let core = this.in_flight.as_ref().map(InFlight::core);
         if core.is_some_and(Deadline::passed) {
-            return cut(this.inner, this.tracker);
+            return cut(this.inner, this.in_flight);
         }
         match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if inner.is_end_stream() {
-                    *this.tracker = None;
+                    *this.in_flight = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                *this.tracker = None;
+                *this.in_flight = None;
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => {
-                *this.tracker = None;
+                *this.in_flight = None;
                 Poll::Ready(None)
             }
             Poll::Pending => match core {
-                Some(core) if this.deadline.poll_passed(core, cx) => cut(this.inner, this.tracker),
+                Some(core) if this.deadline.poll_passed(core, cx) => {
+                    cut(this.inner, this.in_flight)
+                }
                 _ => Poll::Pending,
             },
         }
@@ -440,14 +451,14 @@ where
     }
 }
 
-/// Ends a body at the deadline: drops the inner body and the tracker reference.
+/// Ends a body at the deadline: drops the inner body and the in-flight count.
 #[cold]
 fn cut<B, D>(
     mut inner: Pin<&mut Option<B>>,
-    tracker: &mut Option<Arc<Tracker>>,
+    in_flight: &mut Option<InFlight>,
 ) -> Poll<Option<Result<Frame<D>, BoxError>>> {
     inner.set(None);
-    *tracker = None;
+    *in_flight = None;
     tracing::debug!("response body cut at the shutdown deadline");
     Poll::Ready(Some(Err(ShuttingDown::new().into())))
 }
@@ -460,6 +471,10 @@ fn cut<B, D>(
 /// instance drains, or the orchestrator kills it mid-drain.) Responses are JSON with
 /// `Cache-Control: no-store`; the uptime is in whole seconds of tokio's clock since the
 /// coordinator was built. Made by [`Shutdown::health`].
+///
+/// Every `503` it answers counts towards
+/// [`grace_until_probed`](crate::ShutdownBuilder::grace_until_probed), which can end the
+/// grace delay once the probes have seen it.
 #[derive(Clone)]
 pub struct HealthService {
     state: Arc<State>,
@@ -490,6 +505,7 @@ impl<B> Service<Request<B>> for HealthService {
                 format!(r#"{{"status":"healthy","uptime_s":{uptime}}}"#),
             )
         } else {
+            self.state.probed_unhealthy();
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 String::from(r#"{"status":"shutting-down"}"#),

@@ -58,8 +58,9 @@ impl Admission {
 /// [`ShutdownLayer::new`].
 ///
 /// - **Running**: requests go straight through. The cost is a relaxed load of the phase and
-///   one reference-count increment per call (and its decrement when the call completes):
-///   no lock, no allocation.
+///   a plain increment of a counter only the calling thread writes (and its decrement when
+///   the call completes, an atomic add if that happens on another thread): no lock, no
+///   allocation, no shared read-modify-write.
 /// - **From the trigger until the deadline**: requests are still served by default, since
 ///   load balancers may still send traffic during the grace delay and keep-alive
 ///   connections may carry more requests during the drain; with

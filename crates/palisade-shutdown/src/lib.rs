@@ -28,8 +28,9 @@
 //! cancelled at once, and the hooks not yet started are skipped.
 //!
 //! [`ShutdownLayer`] (any `Service`) and `HttpShutdownLayer` (feature `http`) count requests
-//! in flight. While running, a call costs a relaxed load of the phase and one
-//! reference-count update each way: no lock, no allocation. Once shutting down, HTTP/1
+//! in flight. While running, a call costs a relaxed load of the phase and a plain update of
+//! a per-thread counter each way: no lock, no allocation, no shared read-modify-write (the
+//! drain adds the counters up). Once shutting down, HTTP/1
 //! responses carry `Connection: close`, and new requests are served (the default) or
 //! rejected with [`ShuttingDown`] / `503` + `Retry-After`. `CatchPanicLayer` (feature `http`)
 //! answers `500` for a handler that panics, and reports it, so one bad request does not
@@ -98,6 +99,12 @@
 //! deadline, within the cancel grace. Under another server, it is reported as
 //! [abandoned](ShutdownReport::abandoned) and ends when the server drops its connection or
 //! the process exits.
+//!
+//! Requests are counted per thread, without a shared counter, so the drain adds the
+//! counters up: at once when a request finishes during the shutdown, and every 10 ms
+//! besides. A call that reaches the inner service at the very instant the drain ends may be
+//! missed by that sum; it then fails with [`ShuttingDown`] at its first poll, as if it had
+//! come a moment later.
 
 #[cfg(feature = "http")]
 pub mod catch_panic;
@@ -109,6 +116,7 @@ mod guard;
 mod hook;
 #[cfg(feature = "http")]
 pub mod http;
+mod inflight;
 mod layer;
 mod phase;
 mod report;

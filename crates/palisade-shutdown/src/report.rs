@@ -7,7 +7,7 @@ use crate::hook::HookReport;
 
 /// What a shutdown did, returned by [`Shutdown::run`](crate::Shutdown::run).
 ///
-/// Request counts come from the in-flight tracker and are exact when nothing is starting or
+/// Request counts come from the in-flight counters and are exact when nothing is starting or
 /// finishing at the instant they are taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,6 +1,6 @@
 //! The shutdown service.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use palisade_core::BoxError;
@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use crate::future::ResponseFuture;
 use crate::layer::Admission;
-use crate::state::{Core, State, Tracker};
+use crate::state::{CANCELLING, Core, State};
 
 /// A service whose requests a [`Shutdown`](crate::Shutdown) tracks; built by
 /// [`ShutdownLayer`](crate::ShutdownLayer), which describes what it does in each phase.
@@ -18,8 +18,7 @@ use crate::state::{Core, State, Tracker};
 /// never holds capacity the inner service reserved.
 pub struct ShutdownService<S> {
     inner: S,
-    core: Arc<Core>,
-    requests: Weak<Tracker>,
+    core: &'static Core,
     state: Arc<State>,
     admission: Admission,
     /// `poll_ready` decided to reject the next call.
@@ -30,8 +29,7 @@ impl<S> ShutdownService<S> {
     pub(crate) fn new(inner: S, state: Arc<State>, admission: Admission) -> Self {
         Self {
             inner,
-            core: Arc::clone(&state.core),
-            requests: state.requests.clone(),
+            core: state.core,
             state,
             admission,
             rejecting: false,
@@ -91,12 +89,24 @@ where
 
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        // `upgrade` is `None` once the drain is over: nothing is tracked any more.
-        if !self.rejecting
-            && let Some(tracker) = self.requests.upgrade()
-        {
-            return ResponseFuture::called(self.inner.call(request), tracker);
+        // Once the deadline has passed nothing is tracked any more, even if `poll_ready`
+        // came before it.
+        if !self.rejecting && self.core.phase() < CANCELLING {
+            let in_flight = self.core.start();
+            return ResponseFuture::called(self.inner.call(request), in_flight);
         }
+        drop(request);
+        self.reject()
+    }
+}
+
+impl<S> ShutdownService<S> {
+    /// The rejected call's future, made out of line so that the hot path builds only the
+    /// called one (merged, the two builds leave the future in pieces that cost the next
+    /// reads a store-forwarding stall).
+    #[cold]
+    #[inline(never)]
+    fn reject<F>(&mut self) -> ResponseFuture<F> {
         self.rejecting = false;
         ResponseFuture::rejected(self.admission.reject(&self.state))
     }

@@ -241,15 +241,12 @@ impl Shutdown {
 
         state.set_phase(Phase::Grace);
         if !config.grace.is_zero() {
-            self.unless_forced(ctx, tokio::time::sleep(config.grace))
-                .await;
+            self.unless_forced(ctx, state.grace(config.grace)).await;
         }
 
         state.set_phase(Phase::StopAccepting);
         let requests_at_drain = state.in_flight();
         let tasks_at_drain = state.tasks();
-        // From here the tracker lives only as long as the work in flight.
-        state.release_base();
         state.set_phase(Phase::Draining);
         state.stop.cancel();
         let drained = self
@@ -274,7 +271,7 @@ impl Shutdown {
         }
 
         state.set_phase(Phase::Cancelling);
-        state.core.cancel.cancel();
+        state.cancel.cancel();
         let mut abandoned = 0;
         if !drained {
             let unwound = self

@@ -1,20 +1,16 @@
-//! The state every part of a shutdown shares, and the in-flight tracker.
+//! The state every part of a shutdown shares.
 //!
-//! In-flight work is counted without a counter of its own: every in-flight request and every
-//! registered task holds a strong reference to one [`Tracker`], and the coordinator holds
-//! one more (the *base*) until the drain begins. Services keep only a [`Weak`] to it, so
-//! admitting a request is one [`Weak::upgrade`] (a single compare-exchange on the reference
-//! count) and finishing one is dropping the `Arc` (a single decrement): no second counter to
-//! keep in step, and the `Arc` that keeps the count is the same one the response future
-//! needs anyway. When the drain begins the base is dropped; the last in-flight reference to
-//! go drops the tracker, which wakes the coordinator. A request that arrives after that
-//! finds nothing to upgrade: the drain is over, and it is rejected.
+//! Requests in flight are counted by the [`Core`](crate::inflight::Core) (per-thread slots,
+//! see [`inflight`](crate::inflight)); registered tasks (guards, `serve`'s connections)
+//! by a counter of their own, which the drain closes when it ends, so that a guard made
+//! afterwards tracks nothing.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::task::Context;
+use std::time::Duration;
 
 use palisade_core::event::Listener as _;
 use tokio::sync::{Notify, watch};
@@ -24,98 +20,63 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::config::Config;
 use crate::event::ShutdownEvent;
 use crate::hook::Hook;
+pub(crate) use crate::inflight::{Core, InFlight};
 use crate::phase::Phase;
 
-/// What in-flight requests and their bodies need: the phase, and a way to be woken at the
-/// deadline.
-#[derive(Debug)]
-pub(crate) struct Core {
-    /// The current [`Phase`] as its number; the source of truth for hot-path checks.
-    phase: AtomicU8,
-    /// Cancelled at the drain deadline, or at once on a forced stop.
-    pub(crate) cancel: CancellationToken,
-    /// Notified (with a stored permit) when the tracker is dropped.
-    drained: Notify,
-}
+/// How often the drain adds up the in-flight counters when nothing woke it. Requests that
+/// finish during a shutdown wake it at once; the tick only catches one that finished while
+/// the shutdown was starting (it could not tell it had to).
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 
-impl Core {
-    /// The current phase, read with a relaxed load (the hot path's only read).
-    #[inline]
-    pub(crate) fn phase(&self) -> u8 {
-        self.phase.load(Ordering::Relaxed)
-    }
-}
-
-/// Held (as an `Arc`) by every in-flight request and registered task; see the module docs.
-#[derive(Debug)]
-pub(crate) struct Tracker {
-    core: Arc<Core>,
-}
-
-impl Tracker {
-    #[inline]
-    pub(crate) fn core(&self) -> &Core {
-        &self.core
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        // `notify_one` stores a permit if the coordinator is not waiting yet.
-        self.core.drained.notify_one();
-    }
-}
+/// Set in `tasks` when the drain is over: no task registers any more.
+const TASKS_CLOSED: usize = 1 << (usize::BITS - 1);
 
 /// Everything one [`Shutdown`](crate::Shutdown) is: shared by its clones, its layers, its
 /// guards and its health service.
 pub(crate) struct State {
-    pub(crate) core: Arc<Core>,
-    pub(crate) requests: Weak<Tracker>,
-    /// The coordinator's own reference to the tracker, dropped when the drain begins.
-    base: Mutex<Option<Arc<Tracker>>>,
-    /// How many of the tracker's references are registered tasks (guards).
+    pub(crate) core: &'static Core,
+    /// Registered tasks alive, and [`TASKS_CLOSED`] once the drain is over.
     tasks: AtomicUsize,
     phase_tx: watch::Sender<Phase>,
     /// How many times the shutdown was triggered: 1 starts it, 2 forces it.
     pub(crate) triggers: watch::Sender<u32>,
+    /// Cancelled at the drain deadline, or at once on a forced stop.
+    pub(crate) cancel: CancellationToken,
     /// Cancelled when the drain begins: long-lived work is told to stop. A child of
-    /// `core.cancel`, so cancelling that cancels this too.
+    /// `cancel`, so cancelling that cancels this too.
     pub(crate) stop: CancellationToken,
     pub(crate) started: Instant,
     pub(crate) config: Config,
     pub(crate) hooks: Mutex<Vec<Hook>>,
     pub(crate) running: AtomicBool,
+    /// How many times the health endpoint has answered `503`.
+    probes: AtomicU32,
+    /// Notified (with a stored permit) when `probes` reaches the configured count.
+    probed: Notify,
 }
 
 impl State {
-    pub(crate) fn new(config: Config, hooks: Vec<Hook>) -> Arc<Self> {
+    pub(crate) fn new(config: Config, hooks: Vec<Hook>) -> std::sync::Arc<Self> {
         let cancel = CancellationToken::new();
         let stop = cancel.child_token();
-        let core = Arc::new(Core {
-            phase: AtomicU8::new(Phase::Running as u8),
-            cancel,
-            drained: Notify::new(),
-        });
-        let base = Arc::new(Tracker {
-            core: Arc::clone(&core),
-        });
-        Arc::new(State {
-            requests: Arc::downgrade(&base),
-            base: Mutex::new(Some(base)),
-            core,
+        std::sync::Arc::new(State {
+            core: Core::acquire(&cancel),
             tasks: AtomicUsize::new(0),
             phase_tx: watch::Sender::new(Phase::Running),
             triggers: watch::Sender::new(0),
+            cancel,
             stop,
             started: Instant::now(),
             config,
             hooks: Mutex::new(hooks),
             running: AtomicBool::new(false),
+            probes: AtomicU32::new(0),
+            probed: Notify::new(),
         })
     }
 
     pub(crate) fn phase(&self) -> Phase {
-        Phase::from_u8(self.core.phase.load(Ordering::Acquire))
+        self.core.load_phase()
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Phase> {
@@ -125,7 +86,7 @@ impl State {
     /// Moves to `to`: the atomic first (what requests read), then events (so that logs say
     /// "phase changed" before what servers do about it), then the watch.
     pub(crate) fn set_phase(&self, to: Phase) {
-        let from = Phase::from_u8(self.core.phase.swap(to as u8, Ordering::AcqRel));
+        let from = self.core.swap_phase(to);
         if from == to {
             return;
         }
@@ -152,56 +113,87 @@ impl State {
         }
     }
 
-    /// Requests in flight: the tracker's references less the base and the tasks. Exact when
-    /// nothing is changing; may count one too many while a task registers or leaves.
+    /// Requests in flight. Exact when nothing is changing.
     pub(crate) fn in_flight(&self) -> usize {
-        let base = usize::from(self.base_held());
-        self.requests
-            .strong_count()
-            .saturating_sub(base)
-            .saturating_sub(self.tasks())
+        self.core.in_flight()
     }
 
     pub(crate) fn tasks(&self) -> usize {
-        self.tasks.load(Ordering::Acquire)
+        self.tasks.load(Ordering::Acquire) & !TASKS_CLOSED
     }
 
-    fn base_held(&self) -> bool {
-        self.base
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    /// Drops the base reference: from now on the tracker lives only as long as the work
-    /// in flight.
-    pub(crate) fn release_base(&self) {
-        let base = self
-            .base
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        drop(base);
-    }
-
-    /// Resolves once every in-flight request and task is done (after
-    /// [`release_base`](Self::release_base)).
-    pub(crate) async fn drained(&self) {
-        while self.requests.strong_count() > 0 {
-            self.core.drained.notified().await;
+    /// Counts a `503` answered by the health endpoint; the one that reaches
+    /// [`grace_until_probed`](crate::ShutdownBuilder::grace_until_probed)'s count ends the
+    /// grace delay.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn probed_unhealthy(&self) {
+        let probes = self.probes.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if self.config.grace_probes == Some(probes) {
+            self.probed.notify_one();
         }
     }
 
-    /// Registers a task: a reference to the tracker, or `None` when the drain is over.
-    pub(crate) fn register_task(&self) -> Option<Arc<Tracker>> {
-        let tracker = self.requests.upgrade()?;
-        self.tasks.fetch_add(1, Ordering::AcqRel);
-        Some(tracker)
+    /// The grace delay: `delay`, or less if the health endpoint has answered `503` as many
+    /// times as configured.
+    pub(crate) async fn grace(&self, delay: Duration) {
+        let Some(target) = self.config.grace_probes else {
+            return tokio::time::sleep(delay).await;
+        };
+        let probed = async {
+            while self.probes.load(Ordering::Acquire) < target {
+                self.probed.notified().await;
+            }
+        };
+        tokio::select! {
+            () = probed => tracing::info!(
+                probes = target,
+                "grace delay ended early: the health endpoint answered 503 as often as configured"
+            ),
+            () = tokio::time::sleep(delay) => {}
+        }
     }
 
-    pub(crate) fn unregister_task(&self, tracker: Arc<Tracker>) {
+    /// Resolves once every in-flight request and task is done; from then on, no task
+    /// registers. Adds up the counters when woken and on a short tick.
+    pub(crate) async fn drained(&self) {
+        loop {
+            if self.in_flight() == 0 && self.close_tasks() {
+                return;
+            }
+            tokio::select! {
+                () = self.core.drained.notified() => {}
+                () = tokio::time::sleep(DRAIN_TICK) => {}
+            }
+        }
+    }
+
+    /// Closes task registration if no task is alive; whether it is closed.
+    fn close_tasks(&self) -> bool {
+        self.tasks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tasks| {
+                (tasks & !TASKS_CLOSED == 0).then_some(TASKS_CLOSED)
+            })
+            .is_ok()
+    }
+
+    /// Registers a task; `false` when the drain is over.
+    pub(crate) fn register_task(&self) -> bool {
+        self.tasks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tasks| {
+                (tasks & TASKS_CLOSED == 0).then_some(tasks + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn unregister_task(&self) {
         self.tasks.fetch_sub(1, Ordering::AcqRel);
-        drop(tracker);
+        self.core.drained.notify_one();
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.core.release();
     }
 }
 
@@ -254,7 +246,7 @@ impl Deadline {
     fn poll_wait(&mut self, core: &Core, cx: &mut Context<'_>) -> bool {
         let wait = self
             .wait
-            .get_or_insert_with(|| Box::pin(core.cancel.clone().cancelled_owned()));
+            .get_or_insert_with(|| Box::pin(core.cancel_token().cancelled_owned()));
         wait.as_mut().poll(cx).is_ready()
     }
 }

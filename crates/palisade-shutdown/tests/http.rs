@@ -318,3 +318,70 @@ async fn health_answers_200_with_uptime_then_503_from_the_trigger_on() {
     // The rest of the app still serves during the grace delay.
     assert_eq!(get("/").await.0, StatusCode::OK);
 }
+
+/// Asks the health endpoint once; its status.
+async fn probe(shutdown: &Shutdown) -> StatusCode {
+    shutdown
+        .health()
+        .oneshot(Request::new(()))
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_grace_delay_ends_once_health_has_answered_503_as_often_as_configured() {
+    let shutdown = Shutdown::builder()
+        .grace(secs(60))
+        .grace_until_probed(2)
+        .build();
+    assert_eq!(
+        probe(&shutdown).await,
+        StatusCode::OK,
+        "a 200 does not count"
+    );
+    let run = spawn_run(&shutdown);
+    shutdown.trigger();
+    assert_eq!(probe(&shutdown).await, StatusCode::SERVICE_UNAVAILABLE);
+    sleep(secs(10)).await;
+    assert_eq!(shutdown.phase(), Phase::Grace, "one probe is not enough");
+
+    let started = Instant::now();
+    assert_eq!(probe(&shutdown).await, StatusCode::SERVICE_UNAVAILABLE);
+    shutdown.wait_for(Phase::StopAccepting).await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "at once, not after the delay"
+    );
+    assert!(run.await.unwrap().unwrap().is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_enough_probes_the_grace_delay_is_waited_out() {
+    let shutdown = Shutdown::builder()
+        .grace(secs(5))
+        .grace_until_probed(3)
+        .build();
+    let run = spawn_run(&shutdown);
+    let started = Instant::now();
+    shutdown.trigger();
+    assert_eq!(probe(&shutdown).await, StatusCode::SERVICE_UNAVAILABLE);
+    shutdown.wait_for(Phase::StopAccepting).await;
+    assert_eq!(started.elapsed(), secs(5));
+    assert!(run.await.unwrap().unwrap().is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_answered_before_run_reaches_the_grace_delay_count() {
+    let shutdown = Shutdown::builder()
+        .grace(secs(60))
+        .grace_until_probed(1)
+        .build();
+    shutdown.trigger();
+    assert_eq!(probe(&shutdown).await, StatusCode::SERVICE_UNAVAILABLE);
+    let started = Instant::now();
+    let report = shutdown.run().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(report.is_clean());
+}

@@ -272,3 +272,93 @@ async fn a_rejecting_service_is_ready_at_once_without_polling_the_inner_service(
     drop(worker);
     run.await.unwrap().unwrap();
 }
+
+/// Makes a call through `service` (always ready) on a thread of its own, which then exits;
+/// the call's future comes back.
+fn call_on_another_thread<S>(mut service: S, request: u64) -> S::Future
+where
+    S: Service<u64> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    std::thread::spawn(move || {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_ready());
+        service.call(request)
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_finished_on_another_thread_ends_the_drain() {
+    let shutdown = Shutdown::new();
+    let mut service = shutdown.layer().layer(slow(secs(1)));
+    let call = service.ready().await.unwrap().call(7);
+    assert_eq!(shutdown.in_flight(), 1);
+    let run = spawn_run(&shutdown);
+    shutdown.trigger();
+    shutdown.wait_for(Phase::Draining).await;
+
+    let answer = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(call)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(answer.unwrap(), 7);
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.requests_at_drain, 1);
+    assert!(report.is_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_made_on_threads_that_exited_count_until_dropped() {
+    let shutdown = Shutdown::new();
+    let service = shutdown.layer().layer(slow(secs(1)));
+    let calls: Vec<_> = (0..8)
+        .map(|n| call_on_another_thread(service.clone(), n))
+        .collect();
+    assert_eq!(shutdown.in_flight(), 8);
+    let mut calls = calls.into_iter();
+    let first = calls.next().unwrap();
+    assert_eq!(first.await.unwrap(), 0, "polled to its end here");
+    assert_eq!(shutdown.in_flight(), 7);
+    drop(calls);
+    assert_eq!(shutdown.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_coordinator_starts_clean_whatever_the_ones_before_left() {
+    // One dropped with a call still in flight (its counters must not be reused while the
+    // call lives), and one that finished cleanly.
+    let leftover = {
+        let shutdown = Shutdown::new();
+        let mut service = shutdown.layer().layer(slow(secs(60)));
+        let call = service.ready().await.unwrap().call(1);
+        shutdown.trigger();
+        assert_eq!(shutdown.run().await.unwrap().abandoned, 1);
+        call
+    };
+    {
+        let shutdown = Shutdown::new();
+        let service = shutdown.layer().layer(slow(secs(1)));
+        assert_eq!(service.oneshot(2).await.unwrap(), 2);
+        shutdown.trigger();
+        assert!(shutdown.run().await.unwrap().is_clean());
+    }
+
+    for n in 0..4 {
+        let shutdown = Shutdown::new();
+        assert_eq!(shutdown.phase(), Phase::Running);
+        assert_eq!(shutdown.in_flight(), 0);
+        let service = shutdown.layer().layer(slow(secs(1)));
+        assert_eq!(service.oneshot(n).await.unwrap(), n);
+        assert_eq!(shutdown.in_flight(), 0);
+    }
+    drop(leftover);
+    assert_eq!(Shutdown::new().in_flight(), 0);
+}

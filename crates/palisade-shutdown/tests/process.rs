@@ -7,8 +7,11 @@
 //! test run the example's server instead of the load: it is always built with the test, and
 //! it is the example's code, compiled in as a module. The child prints one line per event
 //! (`drain-server <what> key=value ...`); the test waits on those lines and on the sockets
-//! (a refused connection, a closed stream), never on durations. The child's deadlines are
-//! short (grace 300 ms, drain deadline 1.5 s) so the test takes a few seconds.
+//! (a refused connection, a closed stream), never on durations. The child's drain deadline
+//! is short (1.5 s) so the test takes a few seconds. Its grace delay is long (60 s) but ends
+//! as soon as `/health` has answered `503` once (`grace_until_probed(1)`): the health
+//! poller, however late it runs on a loaded machine, sees the `503` before the server stops
+//! accepting, and nothing waits out the 60 s.
 
 #![cfg(all(feature = "serve", feature = "signal", unix))]
 
@@ -33,7 +36,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 /// Set in the child: run the server, not the load.
@@ -140,7 +143,8 @@ fn spawn_child() -> (Child, Lines, tokio::task::JoinHandle<String>) {
         .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD, "1")
         .env("DRAIN_ADDR", "127.0.0.1:0")
-        .env("DRAIN_GRACE_MS", "300")
+        .env("DRAIN_GRACE_MS", "60000")
+        .env("DRAIN_GRACE_PROBES", "1")
         .env("DRAIN_DEADLINE_MS", "1500")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -188,11 +192,19 @@ fn get(path: &str) -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-/// Connects, or `None` if refused (the server stopped accepting).
+/// Connects, or `None` if the server stopped accepting: refused, or reset (the listener
+/// closed while this connection waited in its backlog).
 async fn connect(addr: SocketAddr) -> Option<TcpStream> {
     match TcpStream::connect(addr).await {
         Ok(stream) => Some(stream),
-        Err(error) if error.kind() == ErrorKind::ConnectionRefused => None,
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
+            ) =>
+        {
+            None
+        }
         Err(error) => panic!("connect: {error}"),
     }
 }
@@ -304,24 +316,65 @@ async fn http2_worker(addr: SocketAddr, ok: watch::Sender<u64>) -> Outcome {
     outcome
 }
 
-/// Polls `/health` on fresh connections until refused; the statuses seen, in order.
-async fn health_poller(addr: SocketAddr) -> Vec<StatusCode> {
-    let mut statuses = Vec::new();
+/// What the health poller saw.
+#[derive(Debug)]
+struct Health {
+    /// The statuses, in order, each once.
+    statuses: Vec<StatusCode>,
+    /// For each `503`: whether it told the connection to close.
+    unavailable_closing: Vec<bool>,
+}
+
+/// Polls `/health` over a keep-alive connection, reconnecting when the server closes it,
+/// until refused. Says on `healthy` when it has seen its first `200`.
+///
+/// The child's grace delay lasts until `/health` has answered `503` once, and until then
+/// the server accepts and serves as usual: however late this task runs after the
+/// trigger, its next probe is answered `503` (on an HTTP/1 connection, with
+/// `Connection: close`) before the server stops accepting.
+async fn health_poller(addr: SocketAddr, healthy: oneshot::Sender<()>) -> Health {
+    let mut healthy = Some(healthy);
+    let mut health = Health {
+        statuses: Vec::new(),
+        unavailable_closing: Vec::new(),
+    };
     while let Some(stream) = connect(addr).await {
         let Ok((mut sender, conn)) = http1::handshake(TokioIo::new(stream)).await else {
             continue;
         };
         tokio::spawn(conn);
-        if let Ok(response) = sender.send_request(get("/health")).await {
-            let status = response.status();
-            if statuses.last() != Some(&status) {
-                statuses.push(status);
+        loop {
+            if sender.ready().await.is_err() {
+                break;
             }
+            // Closed before a response: the server closed the idle connection.
+            let Ok(response) = sender.send_request(get("/health")).await else {
+                break;
+            };
+            let status = response.status();
+            let closing = response
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|value| value == "close");
             let _ = response.into_body().collect().await;
+            if health.statuses.last() != Some(&status) {
+                health.statuses.push(status);
+            }
+            if status == StatusCode::OK
+                && let Some(healthy) = healthy.take()
+            {
+                let _ = healthy.send(());
+            }
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                health.unavailable_closing.push(closing);
+            }
+            if closing {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    statuses
+    health
 }
 
 /// Reads the SSE stream to its end: the phases its events named, and whether it was cut
@@ -396,13 +449,16 @@ async fn drive() {
         workers.spawn(fresh_worker(addr, ok_tx.clone()));
     }
     workers.spawn(http2_worker(addr, ok_tx.clone()));
-    let health = tokio::spawn(health_poller(addr));
+    let (healthy_tx, healthy) = oneshot::channel();
+    let health = tokio::spawn(health_poller(addr, healthy_tx));
     let sse_events = Arc::new(AtomicU64::new(0));
     let sse = tokio::spawn(sse_reader(addr, Arc::clone(&sse_events)));
     let slow = tokio::spawn(slow_request(addr));
 
-    // Mid-load: requests are flowing, the SSE stream is streaming, the slow one is in.
+    // Mid-load: requests are flowing, health has said 200, the SSE stream is streaming, the
+    // slow one is in.
     ok_rx.wait_for(|n| *n >= 30).await.unwrap();
+    healthy.await.expect("the health poller saw a 200");
     lines.wait_for("slow_started", |_| true).await;
     while sse_events.load(Ordering::Acquire) == 0 {
         tokio::task::yield_now().await;
@@ -435,7 +491,7 @@ async fn drive() {
     // and as many `200 done` as the server counted requests into its handler.
     let report = lines.wait_for("report", |_| true).await;
     eprintln!(
-        "load: {} ok, {} not accepted; health {health:?}; stream {sse_phases:?}; {}",
+        "load: {} ok, {} not accepted; {health:?}; stream {sse_phases:?}; {}",
         load.ok, load.not_accepted, report.raw
     );
     assert!(load.failures.is_empty(), "{:?}\n{context}", load.failures);
@@ -446,11 +502,16 @@ async fn drive() {
     assert_eq!(slow_status, StatusCode::OK);
     assert_eq!(slow_body, "slow done during draining");
 
-    // Health went 503 from the trigger on, and never back.
+    // Health went 503 from the trigger on, and never back; each 503 closed its keep-alive
+    // connection.
     assert_eq!(
-        health,
+        health.statuses,
         [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
         "{context}"
+    );
+    assert!(
+        health.unavailable_closing.iter().all(|closing| *closing),
+        "{health:?}"
     );
 
     // The SSE stream kept streaming through the drain and was cut at the deadline.
