@@ -108,3 +108,20 @@ async fn lock_is_reexported() {
         .expect("released in the background, then granted");
     assert!(third.token() > token, "every grant has a higher token");
 }
+
+#[cfg(feature = "batch")]
+#[tokio::test]
+async fn batch_is_reexported() {
+    use palisade::batch::Batch;
+    use std::num::NonZeroUsize;
+    let report = Batch::new(NonZeroUsize::new(2).expect("non-zero"))
+        .run(
+            1..=5u32,
+            async |n: &u32| {
+                if *n == 3 { Err("three") } else { Ok(n * 10) }
+            },
+        )
+        .await;
+    assert_eq!(report.succeeded.len(), 4);
+    assert_eq!(report.failed.len(), 1);
+}

@@ -1,0 +1,580 @@
+//! [`Batch`]: run an async processor over many items with a concurrency limit.
+
+use std::collections::BTreeMap;
+use std::future::{Future, poll_fn};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use palisade_core::{Backoff, Listener};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{BatchEvent, Progress, StopReason};
+use crate::report::{BatchDone, BatchReport, Failure, Interrupted, ItemError, Outcome, Success};
+
+/// The order of the [`BatchReport`]'s lists and of the [`Batch::on_batch`] callbacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Order {
+    /// Input order: reports sorted by input position, batch callbacks in batch order (a
+    /// finished group waits for the groups before it).
+    #[default]
+    Input,
+    /// Completion order: as items and groups finish.
+    Completion,
+}
+
+/// Receives each finished group of items; see [`Batch::on_batch`].
+///
+/// Implemented for `()` (no callback) and for every `FnMut(&BatchDone<'_, T, R, E>)`.
+pub trait OnBatch<T, R, E> {
+    /// Handles one finished group. Runs on the batch's task, between polls of the in-flight
+    /// items: keep it short, and hand slow work to a channel or a task.
+    fn on_batch(&mut self, done: &BatchDone<'_, T, R, E>);
+}
+
+impl<T, R, E> OnBatch<T, R, E> for () {
+    fn on_batch(&mut self, _done: &BatchDone<'_, T, R, E>) {}
+}
+
+impl<T, R, E, F> OnBatch<T, R, E> for F
+where
+    F: FnMut(&BatchDone<'_, T, R, E>),
+{
+    fn on_batch(&mut self, done: &BatchDone<'_, T, R, E>) {
+        self(done);
+    }
+}
+
+/// Runs an async processor over a list or a stream of items, at most `concurrency` at a time.
+///
+/// A continuous pool: a new item starts as soon as one finishes, and every item in flight is
+/// polled whenever it is woken, whatever the others are doing (no item waits on another's
+/// result handling, so none can be starved: the "futurelock" of a `buffered` stream whose
+/// consumer awaits something else). Retries, timeouts and cancellation happen inside each
+/// item's own future, never in the loop that collects results.
+///
+/// Configuration is by consuming builder methods; the defaults are: no retry, no timeout,
+/// continue after failures, [`Order::Input`], no cancellation token, no listener.
+///
+/// # Example
+///
+/// ```
+/// use std::num::{NonZeroU32, NonZeroUsize};
+/// use std::time::Duration;
+/// use palisade_batch::Batch;
+/// use palisade_core::Backoff;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let report = Batch::new(NonZeroUsize::new(4).unwrap())
+///     .retry(NonZeroU32::new(3).unwrap(), Backoff::constant(Duration::from_millis(10)))
+///     .timeout(Duration::from_secs(5))
+///     .run(1..=10u32, async |n: &u32| {
+///         if n % 5 == 0 { Err("multiple of five") } else { Ok(n * 10) }
+///     })
+///     .await;
+///
+/// assert_eq!(report.succeeded.len(), 8);
+/// assert_eq!(report.failed.len(), 2);
+/// assert_eq!(report.failed[0].item, 5);
+/// assert_eq!(report.failed[0].attempts, 3);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a Batch does nothing until `run` or `run_stream` is awaited"]
+pub struct Batch<L = (), B = ()> {
+    concurrency: NonZeroUsize,
+    retry: Option<Backoff>,
+    timeout: Option<Duration>,
+    stop_on_error: bool,
+    order: Order,
+    cancel: Option<CancellationToken>,
+    total: Option<u64>,
+    group: Option<NonZeroUsize>,
+    listener: L,
+    on_batch: B,
+}
+
+impl Batch {
+    /// A run with at most `concurrency` items in flight at once.
+    pub const fn new(concurrency: NonZeroUsize) -> Self {
+        Self {
+            concurrency,
+            retry: None,
+            timeout: None,
+            stop_on_error: false,
+            order: Order::Input,
+            cancel: None,
+            total: None,
+            group: None,
+            listener: (),
+            on_batch: (),
+        }
+    }
+}
+
+impl<L, B> Batch<L, B> {
+    /// Tries each item up to `attempts` times (the first included), waiting between attempts
+    /// for the delays of `backoff` (core's [`Backoff`]: its own attempt limit, if lower,
+    /// wins; its elapsed-time limit counts from the item's first attempt). A timed-out
+    /// attempt is retried like a failed one.
+    pub fn retry(mut self, attempts: NonZeroU32, backoff: Backoff) -> Self {
+        let attempts = match backoff.max_attempts() {
+            Some(own) if own < attempts => own,
+            _ => attempts,
+        };
+        self.retry = Some(backoff.with_max_attempts(attempts));
+        self
+    }
+
+    /// Fails an attempt that takes longer than `limit` with [`ItemError::TimedOut`]; the
+    /// attempt's future is dropped.
+    pub const fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// With `true`, the first item that fails for good stops the run: no new item starts,
+    /// and the items in flight are interrupted and reported as such. Default `false`: every
+    /// item is processed and failures are collected.
+    pub const fn stop_on_error(mut self, stop: bool) -> Self {
+        self.stop_on_error = stop;
+        self
+    }
+
+    /// The order of the report's lists and of the batch callbacks; default [`Order::Input`].
+    pub const fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Stops the run when `token` is cancelled: no new item starts, the items in flight are
+    /// interrupted (their futures dropped), and the report holds everything that finished.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// The number of items, for progress when the input does not know it (a stream, or an
+    /// iterator whose size hint is not exact).
+    pub const fn total(mut self, total: u64) -> Self {
+        self.total = Some(total);
+        self
+    }
+
+    /// Sends the run's [`BatchEvent`]s (retries, failures, groups, progress) to `listener`.
+    pub fn listener<L2>(self, listener: L2) -> Batch<L2, B> {
+        Batch {
+            concurrency: self.concurrency,
+            retry: self.retry,
+            timeout: self.timeout,
+            stop_on_error: self.stop_on_error,
+            order: self.order,
+            cancel: self.cancel,
+            total: self.total,
+            group: self.group,
+            listener,
+            on_batch: self.on_batch,
+        }
+    }
+
+    /// Groups the input into batches of `size` consecutive items and calls `callback` with
+    /// each batch once all its items have finished (the last batch may be shorter). Items
+    /// still flow through one continuous pool: a slow item holds back its batch's callback,
+    /// never the next items' start.
+    pub fn on_batch<B2>(self, size: NonZeroUsize, callback: B2) -> Batch<L, B2> {
+        Batch {
+            concurrency: self.concurrency,
+            retry: self.retry,
+            timeout: self.timeout,
+            stop_on_error: self.stop_on_error,
+            order: self.order,
+            cancel: self.cancel,
+            total: self.total,
+            group: Some(size),
+            listener: self.listener,
+            on_batch: callback,
+        }
+    }
+
+    /// The concurrency limit.
+    pub const fn concurrency(&self) -> NonZeroUsize {
+        self.concurrency
+    }
+
+    /// Processes every item of `items` with `process`, and reports what became of each.
+    ///
+    /// `process` borrows the item, so a failed item can be retried and handed back in the
+    /// report without cloning it. To keep the items a stopped run never took, pass
+    /// `iter.by_ref()`.
+    pub async fn run<I, F, R, E>(self, items: I, process: F) -> BatchReport<I::Item, R, E>
+    where
+        I: IntoIterator,
+        F: AsyncFn(&I::Item) -> Result<R, E>,
+        L: Listener<BatchEvent>,
+        B: OnBatch<I::Item, R, E>,
+    {
+        let items = items.into_iter();
+        let total = match (self.total, items.size_hint()) {
+            (Some(total), _) => Some(total),
+            (None, (low, Some(high))) if low == high => Some(low as u64),
+            (None, _) => None,
+        };
+        self.drive(futures_util::stream::iter(items), total, process)
+            .await
+    }
+
+    /// As [`run`](Self::run), for items that arrive through a [`Stream`] (read from a file,
+    /// a channel, a database cursor). The stream is polled only when there is room in the
+    /// pool: a slow processor slows the reading down.
+    pub async fn run_stream<S, F, R, E>(self, items: S, process: F) -> BatchReport<S::Item, R, E>
+    where
+        S: Stream,
+        F: AsyncFn(&S::Item) -> Result<R, E>,
+        L: Listener<BatchEvent>,
+        B: OnBatch<S::Item, R, E>,
+    {
+        let total = self.total;
+        self.drive(items, total, process).await
+    }
+
+    async fn drive<S, F, R, E>(
+        self,
+        items: S,
+        total: Option<u64>,
+        process: F,
+    ) -> BatchReport<S::Item, R, E>
+    where
+        S: Stream,
+        F: AsyncFn(&S::Item) -> Result<R, E>,
+        L: Listener<BatchEvent>,
+        B: OnBatch<S::Item, R, E>,
+    {
+        let started = Instant::now();
+        // The run's own stop signal: a child of the user's token, so that stopping on an
+        // error never cancels the caller's token.
+        let stop = match &self.cancel {
+            Some(token) => token.child_token(),
+            None => CancellationToken::new(),
+        };
+        let interruptible = self.cancel.is_some() || self.stop_on_error;
+        let item = ItemSettings {
+            retry: self.retry,
+            timeout: self.timeout,
+            stop: interruptible.then_some(&stop),
+            listener: &self.listener,
+        };
+        let mut collector = Collector {
+            report: BatchReport::new(),
+            order: self.order,
+            group: self.group,
+            groups: BTreeMap::new(),
+            next_group: 0,
+            taken: 0,
+            input_over: false,
+            on_batch: self.on_batch,
+            listener: &self.listener,
+            progress: Progress {
+                done: 0,
+                total,
+                succeeded: 0,
+                failed: 0,
+                elapsed: Duration::ZERO,
+            },
+            started,
+        };
+        let limit = self.concurrency.get();
+        let stop_on_error = self.stop_on_error;
+
+        let mut items = pin!(items);
+        let mut cancelled = pin!(stop.cancelled());
+        let mut in_flight = FuturesUnordered::new();
+        let mut input_done = false;
+
+        poll_fn(|cx| {
+            loop {
+                if collector.report.stopped.is_none() && cancelled.as_mut().poll(cx).is_ready() {
+                    collector.stop(StopReason::Cancelled);
+                }
+                // Fill the pool while there is room and input.
+                while collector.report.stopped.is_none() && !input_done && in_flight.len() < limit {
+                    match items.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(value)) => {
+                            in_flight.push(run_item(&item, &process, collector.taken, value));
+                            collector.taken += 1;
+                        }
+                        Poll::Ready(None) => input_done = true,
+                        Poll::Pending => break,
+                    }
+                }
+                collector.input_over = input_done || collector.report.stopped.is_some();
+                // Poll every woken item; collect whatever finished.
+                match in_flight.poll_next_unpin(cx) {
+                    Poll::Ready(Some(outcome)) => {
+                        let failed_index = match &outcome {
+                            Outcome::Failed(f) => Some(f.index),
+                            _ => None,
+                        };
+                        collector.record(outcome);
+                        if let Some(index) = failed_index
+                            && stop_on_error
+                            && collector.report.stopped.is_none()
+                        {
+                            collector.stop(StopReason::FirstError { index });
+                            stop.cancel();
+                        }
+                    }
+                    // Empty pool: done if no more input will come, else wait for the input
+                    // (whose waker is registered).
+                    Poll::Ready(None) if collector.input_over => return Poll::Ready(()),
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+
+        collector.finish()
+    }
+}
+
+struct ItemSettings<'a, L> {
+    retry: Option<Backoff>,
+    timeout: Option<Duration>,
+    stop: Option<&'a CancellationToken>,
+    listener: &'a L,
+}
+
+/// One item's whole life: attempts, timeouts, retry waits, interruption.
+async fn run_item<T, F, R, E, L>(
+    settings: &ItemSettings<'_, L>,
+    process: &F,
+    index: usize,
+    item: T,
+) -> Outcome<T, R, E>
+where
+    F: AsyncFn(&T) -> Result<R, E>,
+    L: Listener<BatchEvent>,
+{
+    let mut delays = settings.retry.map(|backoff| backoff.delays());
+    let first = settings.retry.map(|_| Instant::now());
+    let mut attempts = 0u32;
+    loop {
+        attempts = attempts.saturating_add(1);
+        let attempt = async {
+            match settings.timeout {
+                None => process(&item).await.map_err(ItemError::Failed),
+                Some(limit) => match tokio::time::timeout(limit, process(&item)).await {
+                    Ok(result) => result.map_err(ItemError::Failed),
+                    Err(_) => Err(ItemError::TimedOut(limit)),
+                },
+            }
+        };
+        let result = match settings.stop {
+            None => Some(attempt.await),
+            Some(stop) => tokio::select! {
+                biased;
+                () = stop.cancelled() => None,
+                result = attempt => Some(result),
+            },
+        };
+        let error = match result {
+            Some(Ok(value)) => {
+                return Outcome::Succeeded(Success {
+                    index,
+                    item,
+                    value,
+                    attempts,
+                });
+            }
+            Some(Err(error)) => error,
+            None => {
+                return Outcome::Interrupted(Interrupted {
+                    index,
+                    item,
+                    attempts,
+                });
+            }
+        };
+        let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+        let Some(delay) = delays.as_mut().and_then(|d| d.next_after(elapsed)) else {
+            tracing::debug!(index, attempts, "batch item failed");
+            settings
+                .listener
+                .on_event(&BatchEvent::ItemFailed { index, attempts });
+            return Outcome::Failed(Failure {
+                index,
+                item,
+                error,
+                attempts,
+            });
+        };
+        tracing::debug!(index, attempt = attempts, ?delay, "batch item retrying");
+        settings.listener.on_event(&BatchEvent::Retrying {
+            index,
+            attempt: attempts,
+            delay,
+        });
+        match settings.stop {
+            None => tokio::time::sleep(delay).await,
+            Some(stop) => {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => {
+                        return Outcome::Interrupted(Interrupted { index, item, attempts });
+                    }
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The collecting side: report, groups, progress.
+struct Collector<'a, T, R, E, L, B> {
+    report: BatchReport<T, R, E>,
+    order: Order,
+    group: Option<NonZeroUsize>,
+    /// Unfinished or held-back groups, by group number.
+    groups: BTreeMap<usize, Vec<Outcome<T, R, E>>>,
+    /// With [`Order::Input`], the next group to hand out.
+    next_group: usize,
+    /// Items taken from the input so far.
+    taken: usize,
+    /// No more items will be taken (input ended or run stopped).
+    input_over: bool,
+    on_batch: B,
+    listener: &'a L,
+    progress: Progress,
+    started: Instant,
+}
+
+impl<T, R, E, L, B> Collector<'_, T, R, E, L, B>
+where
+    L: Listener<BatchEvent>,
+    B: OnBatch<T, R, E>,
+{
+    fn stop(&mut self, reason: StopReason) {
+        tracing::info!(?reason, "batch run stopping");
+        self.report.stopped = Some(reason);
+        self.listener.on_event(&BatchEvent::Stopped(reason));
+    }
+
+    fn record(&mut self, outcome: Outcome<T, R, E>) {
+        self.progress.done += 1;
+        match &outcome {
+            Outcome::Succeeded(s) => {
+                self.progress.succeeded += 1;
+                self.report.retries += u64::from(s.attempts - 1);
+            }
+            Outcome::Failed(f) => {
+                self.progress.failed += 1;
+                self.report.retries += u64::from(f.attempts - 1);
+            }
+            Outcome::Interrupted(i) => {
+                self.report.retries += u64::from(i.attempts - 1);
+            }
+        }
+        self.progress.elapsed = self.started.elapsed();
+        self.listener.on_event(&BatchEvent::Progress(self.progress));
+        match self.group {
+            None => self.report.push(outcome),
+            Some(size) => {
+                let group = outcome.index() / size.get();
+                self.groups.entry(group).or_default().push(outcome);
+                self.release_groups(size.get());
+            }
+        }
+    }
+
+    /// How many items group `group` holds, as far as is known now.
+    fn group_len(&self, group: usize, size: usize) -> usize {
+        let start = group * size;
+        if self.input_over {
+            self.taken.saturating_sub(start).min(size)
+        } else {
+            size
+        }
+    }
+
+    fn is_complete(&self, group: usize, size: usize) -> bool {
+        let have = self.groups.get(&group).map_or(0, Vec::len);
+        have >= self.group_len(group, size) && have > 0
+    }
+
+    fn release_groups(&mut self, size: usize) {
+        match self.order {
+            Order::Input => {
+                while self.is_complete(self.next_group, size) {
+                    let group = self.next_group;
+                    self.next_group += 1;
+                    self.hand_out(group);
+                }
+            }
+            Order::Completion => {
+                let complete: Vec<usize> = self
+                    .groups
+                    .keys()
+                    .copied()
+                    .filter(|&g| self.is_complete(g, size))
+                    .collect();
+                for group in complete {
+                    self.hand_out(group);
+                }
+            }
+        }
+    }
+
+    fn hand_out(&mut self, group: usize) {
+        let Some(mut outcomes) = self.groups.remove(&group) else {
+            return;
+        };
+        outcomes.sort_unstable_by_key(Outcome::index);
+        let done = BatchDone {
+            index: group,
+            outcomes: &outcomes,
+        };
+        let succeeded = done.succeeded();
+        let failed = done.failed();
+        self.on_batch.on_batch(&done);
+        tracing::debug!(batch = group, succeeded, failed, "batch completed");
+        self.listener.on_event(&BatchEvent::BatchCompleted {
+            batch: group,
+            succeeded,
+            failed,
+        });
+        for outcome in outcomes {
+            self.report.push(outcome);
+        }
+    }
+
+    fn finish(mut self) -> BatchReport<T, R, E> {
+        self.input_over = true;
+        // Everything taken has finished: every group left is complete.
+        let left: Vec<usize> = self.groups.keys().copied().collect();
+        for group in left {
+            self.hand_out(group);
+        }
+        if self.order == Order::Input {
+            self.report.sort_by_index();
+        }
+        self.report.elapsed = self.started.elapsed();
+        self.progress.elapsed = self.report.elapsed;
+        tracing::debug!(
+            done = self.progress.done,
+            succeeded = self.progress.succeeded,
+            failed = self.progress.failed,
+            stopped = ?self.report.stopped,
+            "batch run finished"
+        );
+        self.listener.on_event(&BatchEvent::Finished {
+            progress: self.progress,
+            stopped: self.report.stopped,
+        });
+        self.report
+    }
+}
