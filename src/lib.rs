@@ -21,6 +21,7 @@
 //! | `lock-redis`, `lock-postgres` | | the lock's Redis + Redlock and PostgreSQL advisory-lock backends |
 //! | `pool` | [`palisade_pool`](crate::pool) | `ConcurrencyPoolLayer`: a limit with a priority wait queue, load shedding, permits held until the response body ends |
 //! | `rate-limit` | [`palisade_ratelimit`](crate::rate_limit) | `RateLimitLayer`: GCRA (default), token bucket, sliding windows, fixed window; reject or wait; 429 + `RateLimit` headers |
+//! | `rate-limit-redis` | | cluster-wide rate limits on Redis |
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |

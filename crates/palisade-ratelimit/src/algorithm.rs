@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::decision::{Limited, Remaining, Snapshot};
+use crate::decision::{Limited, Snapshot};
 use crate::limiter::Params;
 
 /// Which algorithm a limiter runs. All of them admit weighted requests.
@@ -99,7 +99,7 @@ impl State {
 
     /// Decides a check of `cost` (at most the capacity) at `now`; `consume: false` only
     /// looks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check(
         &self,
         params: &Params,
@@ -116,6 +116,59 @@ impl State {
         }
     }
 
+    /// [`check`](Self::check) for a state its caller holds exclusively (a keyed map's
+    /// entry, behind the map's lock): no atomic, no lock.
+    #[inline]
+    pub(crate) fn check_mut(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        match self {
+            State::Gcra(gcra) => gcra.check_mut(params, now, cost, consume),
+            State::TokenBucket(bucket) => get_mut(bucket).check(params, now, cost, consume),
+            State::Log(log) => get_mut(log).check(params, now, cost, consume),
+            State::Counter(counter) => get_mut(counter).check(params, now, cost, consume),
+            State::Fixed(fixed) => get_mut(fixed).check(params, now, cost, consume),
+        }
+    }
+
+    /// When this limit is back to its full capacity, as if it had never been used (in the
+    /// limiter's nanoseconds; 0 if it already is): from then on, forgetting it changes
+    /// nothing.
+    pub(crate) fn idle_at(&mut self, params: &Params) -> u64 {
+        match self {
+            State::Gcra(gcra) => *gcra.tat.get_mut(),
+            State::TokenBucket(bucket) => {
+                let bucket = get_mut(bucket);
+                bucket.last + params.capacity.saturating_sub(bucket.level)
+            }
+            State::Log(log) => get_mut(log)
+                .entries
+                .back()
+                .map_or(0, |&(at, _)| at.saturating_add(params.window)),
+            State::Counter(counter) => {
+                let counter = get_mut(counter);
+                let windows = if counter.current > 0 {
+                    2
+                } else {
+                    u64::from(counter.previous > 0)
+                };
+                (counter.index + windows).saturating_mul(params.window)
+            }
+            State::Fixed(fixed) => {
+                let fixed = get_mut(fixed);
+                if fixed.used > 0 {
+                    (fixed.index + 1).saturating_mul(params.window)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
     /// Makes room for a new quota (the log's entries).
     pub(crate) fn resize(&self, params: &Params) {
         if let State::Log(log) = self {
@@ -126,27 +179,28 @@ impl State {
     }
 }
 
+fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
+    mutex.get_mut().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The snapshot of a continuous (GCRA, token bucket) limit with `used` nanoseconds of its
 /// capacity taken.
 #[inline]
 fn continuous(params: &Params, used: u64) -> Snapshot {
     Snapshot {
         limit: params.policy_limit(),
+        remaining: params.units(params.capacity.saturating_sub(used)),
         window_nanos: params.policy_window(),
         reset_nanos: used,
-        remaining: Remaining::Spare {
-            spare: params.capacity.saturating_sub(used),
-            interval: params.interval,
-        },
     }
 }
 
 fn windowed(params: &Params, remaining: u64, reset: u64) -> Snapshot {
     Snapshot {
         limit: params.count,
+        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
         window_nanos: params.window,
         reset_nanos: reset,
-        remaining: Remaining::Units(u32::try_from(remaining).unwrap_or(u32::MAX)),
     }
 }
 
@@ -191,6 +245,33 @@ impl Gcra {
                 Err(actual) => tat = actual,
             }
         }
+    }
+}
+
+impl Gcra {
+    /// GCRA without the compare-exchange, for a state held exclusively.
+    #[inline]
+    fn check_mut(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let tat = self.tat.get_mut();
+        let increment = u64::from(cost).saturating_mul(params.interval);
+        let base = (*tat).max(now);
+        let used = (base - now).saturating_add(increment);
+        if used > params.capacity {
+            return Err(Limited {
+                retry_after_nanos: used - params.capacity,
+                snapshot: continuous(params, base - now),
+            });
+        }
+        if consume && cost > 0 {
+            *tat = now + used;
+        }
+        Ok(continuous(params, used))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use palisade_core::event::Listener;
 
 use crate::algorithm::Algorithm;
+use crate::clock::Clock;
 use crate::event::RateLimitEvent;
 use crate::limiter::MAX_LOG_ENTRIES;
 use crate::quota::Quota;
@@ -21,6 +22,10 @@ pub enum ConfigError {
         "a sliding-window log holds at most {MAX_LOG_ENTRIES} units per window, got {0}; use a sliding-window counter for larger quotas"
     )]
     LogTooLarge(u32),
+    /// A keyed limiter ([`KeyedRateLimitLayer`](crate::KeyedRateLimitLayer)) was configured
+    /// in wait mode: keyed limits reject.
+    #[error("keyed rate limits reject; they have no wait mode")]
+    KeyedWait,
 }
 
 /// What a [`RateLimitLayer`](crate::RateLimitLayer) does; build one with
@@ -30,12 +35,14 @@ pub enum ConfigError {
 /// |---|---|
 /// | algorithm | [`Algorithm::Gcra`] |
 /// | mode | **reject**: a request over the limit fails at once |
+/// | clock | [`Clock::tokio`] (follows `tokio::time::pause`) |
 /// | name | `"rate_limit"` (traces) |
 /// | listener | none |
 #[derive(Clone)]
 pub struct RateLimitConfig {
     pub(crate) quota: Quota,
     pub(crate) algorithm: Algorithm,
+    pub(crate) clock: Clock,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) name: Cow<'static, str>,
     pub(crate) listener: Option<Arc<dyn Listener<RateLimitEvent>>>,
@@ -46,6 +53,7 @@ impl fmt::Debug for RateLimitConfig {
         f.debug_struct("RateLimitConfig")
             .field("quota", &self.quota)
             .field("algorithm", &self.algorithm)
+            .field("clock", &self.clock)
             .field("max_wait", &self.max_wait)
             .field("name", &self.name)
             .field("listener", &self.listener.as_ref().map(|_| "..."))
@@ -74,6 +82,11 @@ impl RateLimitConfig {
     /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The longest a request waits for capacity; `None` in reject mode.
@@ -108,6 +121,7 @@ impl RateLimitConfigBuilder {
             config: RateLimitConfig {
                 quota,
                 algorithm: Algorithm::Gcra,
+                clock: Clock::tokio(),
                 max_wait: None,
                 name: Cow::Borrowed("rate_limit"),
                 listener: None,
@@ -118,6 +132,13 @@ impl RateLimitConfigBuilder {
     /// Runs `algorithm` (default [`Algorithm::Gcra`]).
     pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
         self.config.algorithm = algorithm;
+        self
+    }
+
+    /// Reads the time from `clock` (default [`Clock::tokio`], which follows
+    /// `tokio::time::pause`; [`Clock::quanta`] is cheaper but does not).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.config.clock = clock;
         self
     }
 

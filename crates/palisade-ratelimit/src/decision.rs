@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use palisade_core::reject::{RateLimited, RetryAfter};
+use palisade_core::reject::{Overloaded, RateLimited, RetryAfter};
 
 /// The limiter's state as a check left it: what the IETF `RateLimit` and `RateLimit-Policy`
 /// headers report.
@@ -15,20 +15,9 @@ use palisade_core::reject::{RateLimited, RetryAfter};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
     pub(crate) limit: u32,
+    pub(crate) remaining: u32,
     pub(crate) window_nanos: u64,
     pub(crate) reset_nanos: u64,
-    pub(crate) remaining: Remaining,
-}
-
-/// Remaining units, computed when asked: GCRA's hot path only records its spare time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Remaining {
-    Units(u32),
-    /// `spare` nanoseconds of capacity, one unit per `interval` nanoseconds, at most `limit`.
-    Spare {
-        spare: u64,
-        interval: u64,
-    },
 }
 
 impl Snapshot {
@@ -43,13 +32,8 @@ impl Snapshot {
     }
 
     /// Units that could be admitted now.
-    pub fn remaining(&self) -> u32 {
-        match self.remaining {
-            Remaining::Units(n) => n,
-            Remaining::Spare { spare, interval } => {
-                u32::try_from(spare / interval.max(1)).unwrap_or(u32::MAX)
-            }
-        }
+    pub const fn remaining(&self) -> u32 {
+        self.remaining
     }
 
     /// How long until the whole quota is available again (zero when it is now).
@@ -65,9 +49,12 @@ impl Snapshot {
 /// [`RateLimited`] (what the layer raises) with [`rejection`](Self::rejection) or `into()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("rate limited; retry in {:?}", self.retry_after())]
+// `repr(C)`, snapshot first: a check's `Result<Snapshot, Limited>` then has the snapshot at
+// the same offset either way, which saves the hot path a few moves.
+#[repr(C)]
 pub struct Limited {
-    pub(crate) retry_after_nanos: u64,
     pub(crate) snapshot: Snapshot,
+    pub(crate) retry_after_nanos: u64,
 }
 
 impl Limited {
@@ -123,7 +110,40 @@ impl InsufficientCapacity {
     }
 }
 
-/// Why a weighted check ([`RateLimiter::check_n`](crate::RateLimiter::check_n)) did not admit.
+/// A keyed limiter's map of keys is full and its policy refuses new keys
+/// ([`AtCapacity::Refuse`](crate::AtCapacity::Refuse)): the request was not checked against
+/// any limit.
+///
+/// Its [source](std::error::Error::source) is core's [`Overloaded`]: the request was shed,
+/// and [`Rejection::find`](palisade_core::Rejection::find) says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the rate limiter tracks its maximum of {max_keys} keys; new keys are refused")]
+pub struct KeysExhausted {
+    pub(crate) max_keys: usize,
+    #[source]
+    pub(crate) overloaded: Overloaded,
+}
+
+impl KeysExhausted {
+    /// The most keys the limiter tracks.
+    pub const fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+}
+
+/// A shared store (Redis, feature `redis`) could not decide a check and its policy is to
+/// fail closed: the request was refused without a limit being checked.
+///
+/// Its [source](std::error::Error::source) is core's [`Overloaded`]: the request was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the rate limit store is unavailable; failing closed")]
+pub struct StoreUnavailable {
+    #[source]
+    pub(crate) overloaded: Overloaded,
+}
+
+/// Why a check did not admit: over the limit, a cost it can never hold, or (keyed) no room
+/// for a new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -133,15 +153,24 @@ pub enum Refusal {
     /// Never: the cost is above the capacity.
     #[error(transparent)]
     InsufficientCapacity(#[from] InsufficientCapacity),
+    /// A keyed limiter is full of keys and refuses new ones
+    /// ([`AtCapacity::Refuse`](crate::AtCapacity::Refuse)).
+    #[error(transparent)]
+    KeysExhausted(#[from] KeysExhausted),
+    /// A shared store could not decide and fails closed (feature `redis`).
+    #[error(transparent)]
+    StoreUnavailable(#[from] StoreUnavailable),
 }
 
 impl Refusal {
     /// The retry-after of a [`Refusal::Limited`]; `None` for a cost that can never be
-    /// admitted.
+    /// admitted, a full key map and an unavailable store.
     pub const fn retry_after(&self) -> Option<Duration> {
         match self {
             Refusal::Limited(limited) => Some(limited.retry_after()),
-            Refusal::InsufficientCapacity(_) => None,
+            Refusal::InsufficientCapacity(_)
+            | Refusal::KeysExhausted(_)
+            | Refusal::StoreUnavailable(_) => None,
         }
     }
 }

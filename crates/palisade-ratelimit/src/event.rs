@@ -43,6 +43,32 @@ pub enum RateLimitEvent {
         /// The most the limiter holds.
         capacity: u32,
     },
+    /// Keyed: a request with a new key found the key map full, no key idle, and was checked
+    /// against the shared overflow limit instead of a limit of its own
+    /// ([`AtCapacity::Overflow`](crate::AtCapacity::Overflow)). An `Admitted` or `Rejected`
+    /// event follows with the overflow limit's decision.
+    Overflowed {
+        /// Keys tracked.
+        keys: usize,
+    },
+    /// Keyed: a request with a new key found the key map full, no key idle, and was refused
+    /// ([`AtCapacity::Refuse`](crate::AtCapacity::Refuse)).
+    KeysExhausted {
+        /// The most keys the limiter tracks.
+        max_keys: usize,
+    },
+    /// A shared store (Redis) could not decide a check: its unavailable policy did.
+    StoreUnavailable {
+        /// The policy: `"local"`, `"fail_open"` or `"fail_closed"`.
+        policy: &'static str,
+    },
+    /// Keyed: a sweep forgot keys back at full capacity.
+    Swept {
+        /// Keys forgotten.
+        evicted: usize,
+        /// Keys tracked after the sweep.
+        keys: usize,
+    },
 }
 
 impl Event for RateLimitEvent {
@@ -56,11 +82,16 @@ impl Event for RateLimitEvent {
             RateLimitEvent::Waited { .. } => "waited",
             RateLimitEvent::Rejected { .. } => "rejected",
             RateLimitEvent::TooCostly { .. } => "too_costly",
+            RateLimitEvent::Overflowed { .. } => "overflowed",
+            RateLimitEvent::KeysExhausted { .. } => "keys_exhausted",
+            RateLimitEvent::Swept { .. } => "swept",
+            RateLimitEvent::StoreUnavailable { .. } => "store_unavailable",
         }
     }
 
     /// `palisade_ratelimit_remaining` (gauge) on admissions; `palisade_ratelimit_wait_seconds`
-    /// (histogram) on admissions after a wait and on rejections after one.
+    /// (histogram) on admissions after a wait and on rejections after one;
+    /// `palisade_ratelimit_keys` (gauge, keyed limiters) on sweeps and overflows.
     fn readings(&self, record: &mut dyn FnMut(Reading)) {
         match self {
             RateLimitEvent::Admitted { snapshot, .. } => {
@@ -87,7 +118,13 @@ impl Event for RateLimitEvent {
                     waited.as_secs_f64(),
                 ));
             }
-            RateLimitEvent::Rejected { .. } | RateLimitEvent::TooCostly { .. } => {}
+            RateLimitEvent::Overflowed { keys } | RateLimitEvent::Swept { keys, .. } => {
+                record(Reading::gauge("palisade_ratelimit_keys", *keys as f64));
+            }
+            RateLimitEvent::Rejected { .. }
+            | RateLimitEvent::TooCostly { .. }
+            | RateLimitEvent::KeysExhausted { .. }
+            | RateLimitEvent::StoreUnavailable { .. } => {}
         }
     }
 }

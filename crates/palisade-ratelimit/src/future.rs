@@ -34,6 +34,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
+    #[project_replace = StateReplace]
     enum State<S, Req, R>
     where
         S: Service<Req>,
@@ -47,28 +48,33 @@ pin_project! {
         Answered {
             answer: Option<Result<S::Response, R::Error>>,
         },
+        // Boxed: a timer entry, the service clone and the request are large, and only
+        // waiting requests need them, so the futures of admitted requests stay small (and
+        // cheap to move). One allocation per waiting request.
         Waiting {
-            wait: Wait<S, Req>,
+            wait: Pin<Box<Wait<S, Req>>>,
         },
+        // Admitted after waiting: readies its service clone and calls it.
         Readying {
-            service: S,
-            request: Option<Req>,
+            wait: Pin<Box<Wait<S, Req>>>,
             snapshot: Snapshot,
         },
     }
 }
 
-/// A request in the wait queue, with the service clone that will take it.
-struct Wait<S, Req> {
-    /// Boxed: a timer entry is large, and only waiting requests need one, so the futures
-    /// of admitted requests stay small (and cheap to move).
-    sleep: Pin<Box<Sleep>>,
-    waiter: Waiter,
-    service: Option<S>,
-    request: Option<Req>,
-    cost: u32,
-    started: Instant,
-    deadline: Instant,
+pin_project! {
+    /// A request in the wait queue, with the service clone that will take it.
+    struct Wait<S, Req> {
+        #[pin]
+        sleep: Sleep,
+        // Its place in the queue: taken (leaving the queue) once decided.
+        waiter: Option<Waiter>,
+        service: S,
+        request: Option<Req>,
+        cost: u32,
+        started: Instant,
+        deadline: Instant,
+    }
 }
 
 impl<S, Req, R> ResponseFuture<S, Req, R>
@@ -107,15 +113,15 @@ where
             .unwrap_or_else(|| started + Duration::from_secs(30 * 365 * 24 * 3600));
         Self {
             state: State::Waiting {
-                wait: Wait {
-                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                    waiter: Waiter::join(shared),
-                    service: Some(service),
+                wait: Box::pin(Wait {
+                    sleep: tokio::time::sleep_until(deadline),
+                    waiter: Some(Waiter::join(shared)),
+                    service,
                     request: Some(request),
                     cost,
                     started,
                     deadline,
-                },
+                }),
             },
             respond,
         }
@@ -124,36 +130,61 @@ where
 
 impl<S, Req> Wait<S, Req> {
     /// Waits to reach the front of the queue, then for the limiter to admit the request;
-    /// refuses it as soon as it is clear that cannot happen by the deadline.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Snapshot, Refusal>> {
-        let shared = self.waiter.shared();
-        let sleep = &mut self.sleep;
+    /// refuses it as soon as it is clear that cannot happen by the deadline. Either way it
+    /// leaves the queue once decided.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Snapshot, Refusal>> {
+        let this = self.project();
+        let decision = ready!(Self::decide(
+            this.waiter,
+            this.sleep,
+            *this.cost,
+            *this.started,
+            *this.deadline,
+            cx
+        ));
+        // Leaves the queue, letting the next one check.
+        this.waiter.take();
+        Poll::Ready(decision)
+    }
+
+    fn decide(
+        waiter: &Option<Waiter>,
+        mut sleep: Pin<&mut Sleep>,
+        cost: u32,
+        started: Instant,
+        deadline: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Snapshot, Refusal>> {
+        let Some(waiter) = waiter else {
+            unreachable!("ResponseFuture polled after its wait was decided");
+        };
+        let shared = waiter.shared();
         loop {
-            if !self.waiter.poll_front(cx.waker()) {
-                if sleep.deadline() != self.deadline {
-                    sleep.as_mut().reset(self.deadline);
+            if !waiter.poll_front(cx.waker()) {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
                 }
                 ready!(sleep.as_mut().poll(cx));
                 // The deadline passed behind other waiters.
-                let refusal = match shared.limiter.check(self.cost, false) {
+                let refusal = match shared.limiter.check(cost, false) {
                     Err(refusal) => refusal,
                     Ok(snapshot) => Refusal::Limited(Limited {
                         retry_after_nanos: 0,
                         snapshot,
                     }),
                 };
-                shared.refused(self.cost, &refusal, self.started.elapsed());
+                shared.refused(cost, &refusal, started.elapsed());
                 return Poll::Ready(Err(refusal));
             }
-            match shared.limiter.check(self.cost, true) {
+            match shared.limiter.check(cost, true) {
                 Ok(snapshot) => {
-                    shared.waited(self.cost, self.started.elapsed(), &snapshot);
+                    shared.waited(cost, started.elapsed(), &snapshot);
                     return Poll::Ready(Ok(snapshot));
                 }
                 Err(Refusal::Limited(limited)) => {
                     let at = Instant::now().checked_add(limited.retry_after());
                     match at {
-                        Some(at) if at <= self.deadline => {
+                        Some(at) if at <= deadline => {
                             if sleep.deadline() != at {
                                 sleep.as_mut().reset(at);
                             }
@@ -161,14 +192,14 @@ impl<S, Req> Wait<S, Req> {
                         }
                         _ => {
                             let refusal = Refusal::Limited(limited);
-                            shared.refused(self.cost, &refusal, self.started.elapsed());
+                            shared.refused(cost, &refusal, started.elapsed());
                             return Poll::Ready(Err(refusal));
                         }
                     }
                 }
                 Err(refusal) => {
                     // The quota shrank below the cost while it waited.
-                    shared.refused(self.cost, &refusal, self.started.elapsed());
+                    shared.refused(cost, &refusal, started.elapsed());
                     return Poll::Ready(Err(refusal));
                 }
             }
@@ -184,7 +215,34 @@ where
     type Output = Result<S::Response, R::Error>;
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The admitted path first, on its own: the waiting states live in `poll_slow`, out
+        // of line, so the common case stays small.
+        let this = self.as_mut().project();
+        if let StateProj::Called { future, snapshot } = this.state.project() {
+            return Poll::Ready(match ready!(future.poll(cx)) {
+                Ok(mut response) => {
+                    this.respond.admitted(snapshot, &mut response);
+                    Ok(response)
+                }
+                Err(error) => Err(this.respond.error(error)),
+            });
+        }
+        self.poll_slow(cx)
+    }
+}
+
+impl<S, Req, R> ResponseFuture<S, Req, R>
+where
+    S: Service<Req>,
+    R: Respond<Req, S::Response, S::Error>,
+{
+    /// Every state but `Called`: answered, waiting, readying after a wait.
+    #[inline(never)]
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, R::Error>> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
@@ -204,40 +262,38 @@ where
                             .expect("ResponseFuture polled after it completed"),
                     );
                 }
-                StateProj::Waiting { wait } => {
-                    let decision = ready!(wait.poll(cx));
-                    let service = wait.service.take();
-                    let request = wait.request.take();
-                    match (decision, service) {
-                        (Ok(snapshot), Some(service)) => {
-                            // Leaves the queue (dropping the waiter), letting the next one
-                            // check.
-                            this.state.set(State::Readying {
-                                service,
-                                request,
-                                snapshot,
-                            });
-                        }
-                        (Err(refusal), _) => {
-                            let request = request.expect("a waiting request is kept until decided");
-                            this.state.set(State::Answered { answer: None });
-                            return Poll::Ready(this.respond.refused(refusal, request));
-                        }
-                        (Ok(_), None) => unreachable!("a waiting service is kept until decided"),
+                StateProj::Waiting { wait } => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(snapshot) => {
+                        let StateReplace::Waiting { wait } = this
+                            .state
+                            .as_mut()
+                            .project_replace(State::Answered { answer: None })
+                        else {
+                            unreachable!("the state was just matched as waiting");
+                        };
+                        this.state.set(State::Readying { wait, snapshot });
                     }
-                }
-                StateProj::Readying {
-                    service,
-                    request,
-                    snapshot,
-                } => {
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                    Err(refusal) => {
+                        let request = wait
+                            .as_mut()
+                            .project()
+                            .request
+                            .take()
+                            .expect("a waiting request is kept until decided");
+                        this.state.set(State::Answered { answer: None });
+                        return Poll::Ready(this.respond.refused(refusal, request));
+                    }
+                },
+                StateProj::Readying { wait, snapshot } => {
+                    let wait = wait.as_mut().project();
+                    if let Err(error) = ready!(wait.service.poll_ready(cx)) {
                         return Poll::Ready(Err(this.respond.error(error)));
                     }
-                    let request = request
+                    let request = wait
+                        .request
                         .take()
                         .expect("ResponseFuture polled after it completed");
-                    let future = service.call(request);
+                    let future = wait.service.call(request);
                     let snapshot = *snapshot;
                     this.state.set(State::Called { future, snapshot });
                 }

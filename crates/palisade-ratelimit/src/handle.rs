@@ -23,7 +23,7 @@ impl RateLimitHandle {
 
     /// The limiter's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.name()
     }
 
     /// The current quota.
@@ -55,7 +55,7 @@ impl RateLimitHandle {
     /// [`MAX_LOG_ENTRIES`](crate::MAX_LOG_ENTRIES).
     pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
         self.shared.limiter.set_quota(quota)?;
-        tracing::info!(name = %self.shared.name, ?quota, "rate limit: quota changed");
+        tracing::info!(name = %self.shared.name(), ?quota, "rate limit: quota changed");
         self.shared.queue.wake_front();
         Ok(())
     }

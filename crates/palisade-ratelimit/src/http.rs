@@ -22,7 +22,10 @@
 //! a window under a second is reported as its rate per second, `w=1`), `r` from
 //! [remaining](Snapshot::remaining), `t` from [reset](Snapshot::reset) (whole seconds,
 //! rounded up). A request whose cost exceeds the limiter's capacity (it can never be
-//! admitted) gets a bare `429`: no `Retry-After`, since waiting would not help.
+//! admitted) gets a bare `429`: no `Retry-After`, since waiting would not help. A keyed
+//! limiter whose key map is full and refuses new keys
+//! ([`AtCapacity::Refuse`](crate::AtCapacity::Refuse)) answers a bare `503 Service
+//! Unavailable`: the server shed the request, the client did nothing wrong.
 //!
 //! # Example
 //!
@@ -173,12 +176,20 @@ impl<Req, B: Default, E> Respond<Req, Response<B>, E> for TooManyRequests {
     type Error = E;
 
     fn refused(&self, refusal: Refusal, _request: Req) -> Result<Response<B>, E> {
-        let mut response = rejection_response(StatusCode::TOO_MANY_REQUESTS, refusal.retry_after());
+        let status = match refusal {
+            Refusal::KeysExhausted(_) | Refusal::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let mut response = rejection_response(status, refusal.retry_after());
         match refusal {
             Refusal::Limited(limited) => {
                 self.insert_headers(limited.snapshot(), response.headers_mut())
             }
-            Refusal::InsufficientCapacity(_) => {}
+            Refusal::InsufficientCapacity(_)
+            | Refusal::KeysExhausted(_)
+            | Refusal::StoreUnavailable(_) => {}
         }
         Ok(response)
     }

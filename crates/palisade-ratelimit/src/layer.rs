@@ -21,20 +21,53 @@ pub(crate) struct Shared {
     pub(crate) limiter: Limiter,
     pub(crate) queue: Queue,
     pub(crate) max_wait: Option<Duration>,
-    pub(crate) name: Cow<'static, str>,
-    listener: Option<Arc<dyn Listener<RateLimitEvent>>>,
+    pub(crate) report: Report,
 }
 
 impl Shared {
     fn new(config: RateLimitConfig) -> Self {
-        let limiter = Limiter::new(config.quota, config.algorithm)
+        let limiter = Limiter::new(config.quota, config.algorithm, &config.clock)
             .unwrap_or_else(|_| unreachable!("a built configuration is valid"));
         Self {
             limiter,
             queue: Queue::default(),
             max_wait: config.max_wait,
-            name: config.name,
-            listener: config.listener,
+            report: Report {
+                name: config.name,
+                listener: config.listener,
+            },
+        }
+    }
+
+    #[inline]
+    pub(crate) fn admitted(&self, cost: u32, snapshot: &Snapshot) {
+        self.report.admitted(cost, snapshot);
+    }
+
+    pub(crate) fn waited(&self, cost: u32, waited: Duration, snapshot: &Snapshot) {
+        self.report.waited(cost, waited, snapshot);
+    }
+
+    pub(crate) fn refused(&self, cost: u32, refusal: &Refusal, waited: Duration) {
+        self.report.refused(cost, refusal, waited);
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.report.name
+    }
+}
+
+/// Where a limiter reports: its name in traces, and its listener.
+pub(crate) struct Report {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) listener: Option<Arc<dyn Listener<RateLimitEvent>>>,
+}
+
+impl Report {
+    #[inline]
+    pub(crate) fn event(&self, event: &RateLimitEvent) {
+        if let Some(listener) = &self.listener {
+            listener.on_event(event);
         }
     }
 
@@ -87,6 +120,22 @@ impl Shared {
                     capacity: error.capacity(),
                 }
             }
+            Refusal::KeysExhausted(error) => {
+                tracing::debug!(
+                    name = %self.name,
+                    max_keys = error.max_keys(),
+                    "rate limit: key map full, new key refused"
+                );
+                RateLimitEvent::KeysExhausted {
+                    max_keys: error.max_keys(),
+                }
+            }
+            Refusal::StoreUnavailable(_) => {
+                tracing::debug!(name = %self.name, "rate limit: store unavailable, failing closed");
+                RateLimitEvent::StoreUnavailable {
+                    policy: "fail_closed",
+                }
+            }
         };
         if let Some(listener) = &self.listener {
             listener.on_event(&event);
@@ -97,7 +146,7 @@ impl Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("name", &self.name)
+            .field("name", &self.report.name)
             .field("algorithm", &self.limiter.algorithm())
             .field("quota", &self.limiter.quota())
             .field("max_wait", &self.max_wait)

@@ -16,10 +16,16 @@
 //!   in `call`, so idle keep-alive connections cannot hoard capacity.
 //! - **One layer value is one limiter**, shared by every service it builds and their clones;
 //!   a [`RateLimitHandle`] reads it and changes its quota at runtime.
+//! - **Keyed limits** ([`KeyedRateLimitLayer`], [`KeyedRateLimiter`]): a limit per key picked
+//!   by a [`KeyExtractor`] (a closure via [`key_fn`]; with `http`, the peer's IP, the
+//!   client's IP behind trusted proxies, a header such as an API key). Memory stays
+//!   bounded: idle keys are swept on their own and a cap on the keys holds under a flood,
+//!   with a typed outcome at the cap ([`AtCapacity`]).
 //! - **Observable**: [`RateLimitEvent`]s (admitted, waited with the wait time, rejected) to a
 //!   core [`Listener`](palisade_core::Listener) (metrics through core's `MetricsListener`),
 //!   and `tracing` events on rejections, waits and quota changes.
-//! - Time is tokio's clock: everything works under `tokio::time::pause()`.
+//! - Time is tokio's clock by default: everything works under `tokio::time::pause()`. A
+//!   faster [`Clock`] (feature `quanta`) that does not follow it is there for hot paths.
 //!
 //! # Example
 //!
@@ -54,9 +60,13 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `http` | `TooManyRequests` (module `http`): answer refused requests with `429`, `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers instead of an error |
+//! | `redis` | [`RedisRateLimiter`]: one GCRA limit per key shared by every process through Redis (a Lua script on the server's clock), with a fail-open / fail-closed / local policy while Redis is unavailable |
+//! | `quanta` | [`Clock::quanta`]: the CPU's time-stamp counter, cheaper than tokio's clock but blind to `tokio::time::pause` |
+//! | `axum` | `PeerIp` and `ClientIp` also read axum's `ConnectInfo<SocketAddr>` (implies `http`) |
+//! | `http` | key extractors `PeerIp`, `ClientIp` (behind trusted proxies), `HeaderKey`; `UpstreamLimitLayer` (clients pause while the upstream's limit is spent: `429` + `Retry-After`, `RateLimit: ...;r=0;t=N`); `TooManyRequests` (module `http`): answer refused requests with `429`, `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers instead of an error |
 
 mod algorithm;
+mod clock;
 mod config;
 mod decision;
 mod event;
@@ -64,26 +74,52 @@ mod future;
 mod handle;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+mod key;
+mod keyed;
 mod layer;
 mod limiter;
 mod queue;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod respond;
 mod service;
+#[cfg(feature = "http")]
+mod upstream;
 
 pub use crate::algorithm::Algorithm;
+pub use crate::clock::Clock;
 pub use crate::config::{ConfigError, RateLimitConfig, RateLimitConfigBuilder};
-pub use crate::decision::{InsufficientCapacity, Limited, Refusal, Snapshot};
+pub use crate::decision::{
+    InsufficientCapacity, KeysExhausted, Limited, Refusal, Snapshot, StoreUnavailable,
+};
 pub use crate::event::RateLimitEvent;
 pub use crate::future::ResponseFuture;
 pub use crate::handle::RateLimitHandle;
 #[cfg(feature = "http")]
 pub use crate::http::TooManyRequests;
+#[cfg(feature = "http")]
+pub use crate::key::{ClientIp, ForwardedHeader, HeaderKey, InvalidNetwork, PeerIp, TrustedProxy};
+pub use crate::keyed::{
+    AtCapacity, DEFAULT_MAX_KEYS, DEFAULT_SWEEP_EVERY, KeyExtractor, KeyFn, KeyedRateLimit,
+    KeyedRateLimitLayer, KeyedRateLimiter, key_fn,
+};
 pub use crate::layer::RateLimitLayer;
 pub use crate::limiter::{MAX_LOG_ENTRIES, RateLimiter};
 pub use crate::quota::{MAX_WINDOW, Quota, QuotaError};
+#[cfg(feature = "redis")]
+pub use crate::redis_store::{
+    Checked, DecidedBy, OnUnavailable, REDIS_GCRA_SCRIPT, RedisConfigError, RedisRateLimiter,
+    RedisRateLimiterBuilder,
+};
 pub use crate::respond::{Cost, RaiseError, Respond, UnitCost};
 pub use crate::service::RateLimit;
+#[cfg(feature = "http")]
+pub use crate::upstream::{
+    DEFAULT_BARE_429_PAUSE, DEFAULT_UPSTREAM_MAX_WAIT, UpstreamFuture, UpstreamLimit,
+    UpstreamLimitLayer, upstream_pause,
+};
 pub use palisade_core::reject::RateLimited;
 
 /// Adds `.rate_limiter(config)` to [`tower::ServiceBuilder`].

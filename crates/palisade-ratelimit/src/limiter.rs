@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::algorithm::{Algorithm, State};
+use crate::clock::{Clock, Epoch};
 use crate::config::ConfigError;
 use crate::decision::{InsufficientCapacity, Limited, Refusal, Snapshot};
 use crate::quota::Quota;
@@ -20,6 +19,9 @@ pub const MAX_LOG_ENTRIES: u32 = 1 << 16;
 /// from overflow.
 const MAX_CAPACITY: u64 = 1 << 62;
 
+/// How many words [`Params`] takes in a [`ParamsCell`].
+const WORDS: usize = 5;
+
 /// A quota in the algorithms' units: nanoseconds and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Params {
@@ -31,6 +33,8 @@ pub(crate) struct Params {
     pub(crate) interval: u64,
     /// `burst × interval`, at most [`MAX_CAPACITY`]: the continuous algorithms' capacity.
     pub(crate) capacity: u64,
+    /// `u64::MAX / interval`: divides by the interval with a multiplication.
+    reciprocal: u64,
 }
 
 impl Params {
@@ -43,7 +47,22 @@ impl Params {
             window: quota.window_nanos(),
             interval,
             capacity: u64::try_from(capacity.min(u128::from(MAX_CAPACITY))).unwrap_or(MAX_CAPACITY),
+            reciprocal: u64::MAX / interval,
         }
+    }
+
+    /// Whole units in `nanos` (at most the capacity): `nanos / interval`, without a
+    /// division. The reciprocal's quotient is exact or one short, and `nanos` is far below
+    /// 2⁶⁴, so one correction makes it exact.
+    #[inline]
+    pub(crate) fn units(&self, nanos: u64) -> u32 {
+        let estimate = ((u128::from(nanos) * u128::from(self.reciprocal)) >> 64) as u64;
+        let units = if (estimate + 1) * self.interval <= nanos {
+            estimate + 1
+        } else {
+            estimate
+        };
+        u32::try_from(units).unwrap_or(u32::MAX)
     }
 
     fn quota(&self) -> Quota {
@@ -79,22 +98,24 @@ impl Params {
         }
     }
 
-    fn words(&self) -> [u64; 4] {
+    fn words(&self) -> [u64; WORDS] {
         [
             u64::from(self.count) << 32 | u64::from(self.burst),
             self.window,
             self.interval,
             self.capacity,
+            self.reciprocal,
         ]
     }
 
-    fn from_words(words: [u64; 4]) -> Self {
+    fn from_words(words: [u64; WORDS]) -> Self {
         Self {
             count: (words[0] >> 32) as u32,
             burst: words[0] as u32,
             window: words[1],
             interval: words[2],
             capacity: words[3],
+            reciprocal: words[4],
         }
     }
 }
@@ -104,7 +125,7 @@ impl Params {
 #[derive(Debug)]
 struct ParamsCell {
     sequence: AtomicU64,
-    words: [AtomicU64; 4],
+    words: [AtomicU64; WORDS],
     writer: Mutex<()>,
 }
 
@@ -117,7 +138,7 @@ impl ParamsCell {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn load(&self) -> Params {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
@@ -130,6 +151,7 @@ impl ParamsCell {
                 self.words[1].load(Ordering::Relaxed),
                 self.words[2].load(Ordering::Relaxed),
                 self.words[3].load(Ordering::Relaxed),
+                self.words[4].load(Ordering::Relaxed),
             ];
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
@@ -156,43 +178,68 @@ pub(crate) struct Limiter {
     params: ParamsCell,
     state: State,
     algorithm: Algorithm,
-    /// Time zero of the algorithms' nanoseconds: tokio's clock, so paused time drives it.
-    epoch: Instant,
+    /// Time zero of the algorithms' nanoseconds, and the clock they are read from.
+    epoch: Epoch,
 }
 
 impl Limiter {
-    pub(crate) fn new(quota: Quota, algorithm: Algorithm) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        quota: Quota,
+        algorithm: Algorithm,
+        clock: &Clock,
+    ) -> Result<Self, ConfigError> {
         check_fits(&quota, algorithm)?;
         let params = Params::new(&quota);
         Ok(Self {
             state: State::new(algorithm, &params),
             params: ParamsCell::new(&params),
             algorithm,
-            epoch: Instant::now(),
+            epoch: clock.start(),
         })
     }
 
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.epoch))
+        self.epoch.nanos()
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        self.epoch.clock()
     }
 
     /// Checks `cost` units now; `consume: false` only looks.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check(&self, cost: u32, consume: bool) -> Result<Snapshot, Refusal> {
         let params = self.params.load();
-        let capacity = params.capacity_units(self.algorithm);
-        if cost > capacity {
-            return Err(Refusal::InsufficientCapacity(InsufficientCapacity {
-                cost,
-                capacity,
-            }));
-        }
+        self.fits(&params, cost)?;
         Ok(self.state.check(&params, self.now(), cost, consume)?)
+    }
+
+    /// Checks one unit now: every limiter holds at least one, so only the limit can refuse.
+    #[inline(always)]
+    pub(crate) fn check_one(&self) -> Result<Snapshot, Limited> {
+        let params = self.params.load();
+        self.state.check(&params, self.now(), 1, true)
     }
 
     pub(crate) fn quota(&self) -> Quota {
         self.params.load().quota()
+    }
+
+    /// The current quota, in the algorithms' units.
+    #[inline(always)]
+    pub(crate) fn params(&self) -> Params {
+        self.params.load()
+    }
+
+    /// `cost` if the limiter can ever hold it.
+    #[inline(always)]
+    pub(crate) fn fits(&self, params: &Params, cost: u32) -> Result<(), InsufficientCapacity> {
+        let capacity = params.capacity_units(self.algorithm);
+        if cost > capacity {
+            return Err(InsufficientCapacity { cost, capacity });
+        }
+        Ok(())
     }
 
     pub(crate) fn algorithm(&self) -> Algorithm {
@@ -216,7 +263,7 @@ impl Limiter {
     }
 }
 
-fn check_fits(quota: &Quota, algorithm: Algorithm) -> Result<(), ConfigError> {
+pub(crate) fn check_fits(quota: &Quota, algorithm: Algorithm) -> Result<(), ConfigError> {
     if algorithm == Algorithm::SlidingWindowLog && quota.count() > MAX_LOG_ENTRIES {
         return Err(ConfigError::LogTooLarge(quota.count()));
     }
@@ -229,8 +276,8 @@ pub(crate) fn nanos(duration: Duration) -> u64 {
 
 /// A rate limiter to call directly, outside a tower stack: `check` before doing the work.
 ///
-/// Cheap to clone; clones are the same limiter. Time is tokio's clock (it works under
-/// `tokio::time::pause`), but checks need no runtime.
+/// Cheap to clone; clones are the same limiter. Time is tokio's clock by default (it works
+/// under `tokio::time::pause`; see [`Clock`] for a faster one), but checks need no runtime.
 ///
 /// ```
 /// use std::num::NonZeroU32;
@@ -256,7 +303,7 @@ impl RateLimiter {
     pub fn new(quota: Quota) -> Self {
         Self {
             limiter: Arc::new(
-                Limiter::new(quota, Algorithm::Gcra)
+                Limiter::new(quota, Algorithm::Gcra, &Clock::tokio())
                     .unwrap_or_else(|_| unreachable!("every quota fits GCRA")),
             ),
         }
@@ -269,8 +316,21 @@ impl RateLimiter {
     /// [`ConfigError::LogTooLarge`] for a sliding-window log whose count is above
     /// [`MAX_LOG_ENTRIES`].
     pub fn with_algorithm(quota: Quota, algorithm: Algorithm) -> Result<Self, ConfigError> {
+        Self::with_clock(quota, algorithm, Clock::tokio())
+    }
+
+    /// A limiter running `algorithm` for `quota` on `clock` (see [`Clock`]).
+    ///
+    /// # Errors
+    ///
+    /// As for [`with_algorithm`](Self::with_algorithm).
+    pub fn with_clock(
+        quota: Quota,
+        algorithm: Algorithm,
+        clock: Clock,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
-            limiter: Arc::new(Limiter::new(quota, algorithm)?),
+            limiter: Arc::new(Limiter::new(quota, algorithm, &clock)?),
         })
     }
 
@@ -279,15 +339,9 @@ impl RateLimiter {
     /// # Errors
     ///
     /// [`Limited`] with the time until it would be admitted.
-    #[inline]
+    #[inline(always)]
     pub fn check(&self) -> Result<Snapshot, Limited> {
-        match self.limiter.check(1, true) {
-            Ok(snapshot) => Ok(snapshot),
-            Err(Refusal::Limited(limited)) => Err(limited),
-            Err(Refusal::InsufficientCapacity(_)) => {
-                unreachable!("every limiter holds at least one unit")
-            }
-        }
+        self.limiter.check_one()
     }
 
     /// Takes `cost` units at once, or none. A cost of zero takes nothing and always succeeds.
@@ -326,4 +380,101 @@ impl RateLimiter {
     pub fn algorithm(&self) -> Algorithm {
         self.limiter.algorithm()
     }
+
+    /// The clock it reads.
+    pub fn clock(&self) -> Clock {
+        self.limiter.clock()
+    }
+}
+
+#[cfg(all(test, feature = "quanta"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quanta_clock_drives_the_limiter_and_ignores_tokios_paused_clock() {
+        let (clock, mock) = Clock::quanta_mock();
+        assert!(!clock.follows_tokio());
+        let limiter = RateLimiter::with_clock(
+            Quota::per_second(NonZeroU32::new(2).unwrap()),
+            Algorithm::Gcra,
+            clock,
+        )
+        .unwrap();
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_ok());
+        let limited = limiter.check().unwrap_err();
+        assert_eq!(limited.retry_after(), Duration::from_millis(500));
+
+        // Tokio's clock moving (here: paused and advanced) changes nothing.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(tokio::time::advance(Duration::from_secs(10)));
+        assert!(limiter.check().is_err());
+
+        mock.increment(Duration::from_millis(500));
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err());
+        assert!(!limiter.clock().follows_tokio());
+    }
+}
+
+#[cfg(test)]
+mod params_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn units_divide_by_the_interval_exactly(
+            interval in 1u64..=MAX_CAPACITY,
+            nanos in 0u64..=MAX_CAPACITY,
+        ) {
+            let params = Params {
+                count: 1,
+                burst: 1,
+                window: interval,
+                interval,
+                capacity: MAX_CAPACITY,
+                reciprocal: u64::MAX / interval,
+            };
+            let expected = u32::try_from(nanos / interval).unwrap_or(u32::MAX);
+            prop_assert_eq!(params.units(nanos), expected);
+        }
+    }
+
+    #[test]
+    fn units_are_exact_at_the_edges() {
+        for interval in [1, 2, 3, 7, 1_000, 999_999_937, MAX_CAPACITY] {
+            let params = Params::new(
+                &Quota::new(
+                    NonZeroU32::MIN,
+                    Duration::from_nanos(interval.min(MAX_WINDOW_NANOS)),
+                )
+                .unwrap(),
+            );
+            for nanos in [
+                0,
+                1,
+                interval - 1,
+                interval,
+                interval + 1,
+                3 * interval,
+                MAX_CAPACITY,
+            ] {
+                let expected = u32::try_from(nanos / params.interval).unwrap_or(u32::MAX);
+                assert_eq!(
+                    params.units(nanos),
+                    expected,
+                    "{nanos} / {}",
+                    params.interval
+                );
+            }
+        }
+    }
+
+    const MAX_WINDOW_NANOS: u64 = crate::quota::MAX_WINDOW.as_nanos() as u64;
 }

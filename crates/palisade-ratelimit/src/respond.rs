@@ -57,9 +57,12 @@ pub trait Respond<Req, Res, E> {
 
 /// Fails refused requests with a boxed error: core's
 /// [`RateLimited`](palisade_core::RateLimited) (recognised by
-/// [`Rejection::find`](palisade_core::Rejection::find), with its retry-after), or
+/// [`Rejection::find`](palisade_core::Rejection::find), with its retry-after),
 /// [`InsufficientCapacity`](crate::InsufficientCapacity) for a cost that can never be
-/// admitted. Inner errors are boxed as they are.
+/// admitted, or, for a keyed limiter that refuses new keys when full,
+/// [`KeysExhausted`](crate::KeysExhausted) (whose source is core's
+/// [`Overloaded`](palisade_core::Overloaded), so `Rejection::find` sees a shed request).
+/// Inner errors are boxed as they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RaiseError;
 
@@ -70,6 +73,8 @@ impl<Req, Res, E: Into<BoxError>> Respond<Req, Res, E> for RaiseError {
         Err(match refusal {
             Refusal::Limited(limited) => limited.rejection().into(),
             Refusal::InsufficientCapacity(error) => error.into(),
+            Refusal::KeysExhausted(error) => error.into(),
+            Refusal::StoreUnavailable(error) => error.into(),
         })
     }
 

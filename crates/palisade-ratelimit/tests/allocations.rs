@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use palisade_core::event::listener_fn;
-use palisade_ratelimit::{Algorithm, Quota, RateLimitConfig, RateLimitEvent, RateLimitLayer};
+use palisade_ratelimit::{
+    Algorithm, KeyedRateLimitLayer, Quota, RateLimitConfig, RateLimitEvent, RateLimitLayer, key_fn,
+};
 use palisade_testkit::alloc::{CountingAllocator, allocations, now};
 use tower::{Layer, Service, ServiceExt};
 
@@ -68,4 +70,25 @@ fn admitted_calls_allocate_nothing_with_every_algorithm() {
         .unwrap();
         admitted_calls_allocate_nothing(config);
     }
+}
+
+#[test]
+fn keyed_calls_on_tracked_keys_allocate_nothing() {
+    let quota = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap());
+    let layer = KeyedRateLimitLayer::new(quota, key_fn(|n: &u64| n % 100));
+    let mut service = layer.layer(tower::service_fn(|n: u64| ready(Ok::<_, Infallible>(n))));
+    for n in 0..1_000 {
+        now(now(service.ready()).unwrap().call(n)).unwrap();
+    }
+    let before = allocations();
+    for n in 0..10_000 {
+        let response = now(now(service.ready()).unwrap().call(n)).unwrap();
+        assert_eq!(response, n);
+    }
+    let allocated = allocations() - before;
+    assert_eq!(
+        allocated, 0,
+        "10 000 keyed calls allocated {allocated} times"
+    );
+    assert_eq!(layer.keys(), 100);
 }

@@ -1,0 +1,859 @@
+//! Keyed limits: one limit per key (client IP, API key, tenant), in a bounded map whose
+//! idle keys are forgotten.
+//!
+//! The map is split into shards, each a `HashMap` behind its own mutex, so threads working
+//! on different keys rarely meet. A call hashes its key once, locks one shard for a lookup
+//! and the algorithm's arithmetic (no atomics: the lock already makes the state its own),
+//! and never holds the lock across an inner call or an `.await`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use palisade_core::reject::Overloaded;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::algorithm::State;
+use crate::config::{ConfigError, RateLimitConfig};
+use crate::decision::{KeysExhausted, Refusal, Snapshot};
+use crate::event::RateLimitEvent;
+use crate::future::ResponseFuture;
+use crate::layer::Report;
+use crate::limiter::{Limiter, Params, nanos};
+use crate::quota::Quota;
+use crate::respond::{Cost, RaiseError, Respond, UnitCost};
+
+/// The default [`max_keys`](KeyedRateLimitLayer::max_keys): 100 000.
+pub const DEFAULT_MAX_KEYS: NonZeroUsize = match NonZeroUsize::new(100_000) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// The default [`sweep_every`](KeyedRateLimitLayer::sweep_every): 10 seconds.
+pub const DEFAULT_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Decides which limit of a [`KeyedRateLimitLayer`] a request counts against.
+///
+/// Requests with equal keys share a limit. Make one from a closure with [`key_fn`]; with
+/// the `http` feature, [`PeerIp`](crate::PeerIp), [`ClientIp`](crate::ClientIp) and
+/// [`HeaderKey`](crate::HeaderKey) key `http::Request`s by peer address, by client address
+/// behind trusted proxies, and by a header (an API key).
+///
+/// A key that may be missing is an `Option`: the requests without one share the `None` limit.
+pub trait KeyExtractor<Request> {
+    /// The key: an IP address, an API key, a tenant id.
+    type Key: Hash + Eq;
+
+    /// The key of `request`.
+    fn extract(&self, request: &Request) -> Self::Key;
+}
+
+/// A key extractor made from a closure; see [`key_fn`].
+#[derive(Clone, Copy)]
+pub struct KeyFn<F>(F);
+
+/// Makes a [`KeyExtractor`] from a closure `Fn(&Request) -> Key`.
+///
+/// ```
+/// use palisade_ratelimit::{KeyExtractor, key_fn};
+///
+/// struct Call {
+///     tenant: u64,
+/// }
+///
+/// let by_tenant = key_fn(|call: &Call| call.tenant);
+/// assert_eq!(by_tenant.extract(&Call { tenant: 7 }), 7);
+/// ```
+pub const fn key_fn<F>(f: F) -> KeyFn<F> {
+    KeyFn(f)
+}
+
+impl<F, Request, K> KeyExtractor<Request> for KeyFn<F>
+where
+    F: Fn(&Request) -> K,
+    K: Hash + Eq,
+{
+    type Key = K;
+
+    #[inline]
+    fn extract(&self, request: &Request) -> K {
+        (self.0)(request)
+    }
+}
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyFn").finish_non_exhaustive()
+    }
+}
+
+/// What a [`KeyedRateLimitLayer`] does with a request whose key is new while it already
+/// tracks [`max_keys`](KeyedRateLimitLayer::max_keys) keys and none of them is idle.
+///
+/// Either way the outcome is typed and reported ([`RateLimitEvent::Overflowed`] or
+/// [`RateLimitEvent::KeysExhausted`], and a `warn` trace with the count at the next sweep):
+/// nothing is dropped silently, and no tracked key is forgotten before it is idle, so a flood
+/// of new keys cannot reset anyone's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum AtCapacity {
+    /// The request counts against one **overflow limit** with the same quota, shared by
+    /// every key that found no room (the default). A flood of new keys is limited as one
+    /// client; the keys already tracked keep their own limits.
+    #[default]
+    Overflow,
+    /// The request is refused with [`KeysExhausted`] (a `503` with
+    /// [`TooManyRequests`](crate::TooManyRequests)).
+    Refuse,
+}
+
+impl AtCapacity {
+    const fn to_u8(self) -> u8 {
+        match self {
+            AtCapacity::Overflow => 0,
+            AtCapacity::Refuse => 1,
+        }
+    }
+
+    const fn from_u8(n: u8) -> Self {
+        match n {
+            1 => AtCapacity::Refuse,
+            _ => AtCapacity::Overflow,
+        }
+    }
+}
+
+/// A key with its hash, so the map does not hash it again.
+struct Hashed<K> {
+    hash: u64,
+    key: K,
+}
+
+impl<K> Hash for Hashed<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl<K: PartialEq> PartialEq for Hashed<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl<K: Eq> Eq for Hashed<K> {}
+
+/// Hands the precomputed hash through.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else still hashes, just slowly.
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Map<K> = HashMap<Hashed<K>, State, BuildHasherDefault<Passthrough>>;
+
+/// One shard, on its own cache lines.
+#[repr(align(128))]
+struct Shard<K> {
+    inner: Mutex<ShardInner<K>>,
+}
+
+struct ShardInner<K> {
+    map: Map<K>,
+    /// The next periodic sweep, in the limiter's nanoseconds.
+    next_sweep: u64,
+    /// The last sweep.
+    last_sweep: u64,
+    /// No key of the shard is idle before then (a lower bound: keys only go idle later as
+    /// they are used).
+    first_idle: u64,
+}
+
+impl<K> ShardInner<K> {
+    /// Whether a full map may sweep this shard now: once a key can be idle, and not sooner
+    /// than 1/16 of the sweep period after the last sweep.
+    fn may_sweep_full(&self, now: u64, every: u64) -> bool {
+        now >= self
+            .first_idle
+            .max(self.last_sweep.saturating_add(every / 16))
+    }
+}
+
+/// What every service of one keyed layer shares.
+pub(crate) struct Keyed<K> {
+    /// The quota, the clock and the algorithm of every key; its own state is the overflow
+    /// limit.
+    limiter: Limiter,
+    shards: Box<[Shard<K>]>,
+    hasher: RandomState,
+    keys: AtomicUsize,
+    max_keys: AtomicUsize,
+    sweep_every: AtomicU64,
+    at_capacity: AtomicU8,
+    /// Requests that found the map full since the last sweep's warning.
+    overflowed: AtomicU64,
+    report: Report,
+}
+
+/// What one check did to the map, reported once the shard's lock is released.
+#[derive(Default)]
+struct Outcome {
+    evicted: usize,
+    keys: usize,
+    overflowed: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves the map consistent; a poisoned lock still holds it.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn shard_count() -> usize {
+    let threads = std::thread::available_parallelism().map_or(4, NonZeroUsize::get);
+    (threads * 4).next_power_of_two().clamp(8, 64)
+}
+
+impl<K: Hash + Eq> Keyed<K> {
+    fn new(config: RateLimitConfig) -> Result<Self, ConfigError> {
+        if config.max_wait.is_some() {
+            return Err(ConfigError::KeyedWait);
+        }
+        let limiter = Limiter::new(config.quota, config.algorithm, &config.clock)?;
+        let shards = (0..shard_count())
+            .map(|_| Shard {
+                inner: Mutex::new(ShardInner {
+                    map: Map::default(),
+                    next_sweep: 0,
+                    last_sweep: 0,
+                    first_idle: u64::MAX,
+                }),
+            })
+            .collect();
+        Ok(Self {
+            limiter,
+            shards,
+            hasher: RandomState::new(),
+            keys: AtomicUsize::new(0),
+            max_keys: AtomicUsize::new(DEFAULT_MAX_KEYS.get()),
+            sweep_every: AtomicU64::new(nanos(DEFAULT_SWEEP_EVERY)),
+            at_capacity: AtomicU8::new(AtCapacity::Overflow.to_u8()),
+            overflowed: AtomicU64::new(0),
+            report: Report {
+                name: config.name,
+                listener: config.listener,
+            },
+        })
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Mutex<ShardInner<K>> {
+        // The middle bits: the map itself uses the low ones (bucket) and the top seven (tag).
+        let index = (hash >> 32) as usize & (self.shards.len() - 1);
+        &self.shards[index].inner
+    }
+
+    /// Checks `cost` units for `key` now.
+    #[inline]
+    pub(crate) fn check(&self, key: K, cost: u32) -> Result<Snapshot, Refusal> {
+        let params = self.limiter.params();
+        self.limiter.fits(&params, cost)?;
+        let now = self.limiter.now();
+        let hash = self.hasher.hash_one(&key);
+        let key = Hashed { hash, key };
+        let mut outcome = Outcome::default();
+        let decision = {
+            let mut shard = lock(self.shard(hash));
+            let shard = &mut *shard;
+            if now >= shard.next_sweep {
+                self.sweep(shard, &params, now, &mut outcome);
+            }
+            if let Some(state) = shard.map.get_mut(&key) {
+                state
+                    .check_mut(&params, now, cost, true)
+                    .map_err(Refusal::from)
+            } else {
+                self.check_new(shard, key, &params, now, cost, &mut outcome)
+            }
+        };
+        if outcome.evicted > 0 || outcome.overflowed {
+            self.after(&outcome);
+        }
+        decision
+    }
+
+    /// A key the map does not hold.
+    #[cold]
+    fn check_new(
+        &self,
+        shard: &mut ShardInner<K>,
+        key: Hashed<K>,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        outcome: &mut Outcome,
+    ) -> Result<Snapshot, Refusal> {
+        if cost == 0 {
+            // Takes nothing: nothing to remember.
+            let mut state = State::new(self.limiter.algorithm(), params);
+            return Ok(state.check_mut(params, now, 0, false)?);
+        }
+        if !self.reserve() {
+            if shard.may_sweep_full(now, self.sweep_every.load(Ordering::Relaxed)) {
+                self.sweep(shard, params, now, outcome);
+            }
+            if !self.reserve() {
+                outcome.overflowed = true;
+                outcome.keys = self.keys.load(Ordering::Relaxed);
+                return match self.at_capacity() {
+                    AtCapacity::Overflow => self.limiter.check(cost, true),
+                    AtCapacity::Refuse => Err(Refusal::KeysExhausted(KeysExhausted {
+                        max_keys: self.max_keys(),
+                        overloaded: Overloaded::new(),
+                    })),
+                };
+            }
+        }
+        let mut state = State::new(self.limiter.algorithm(), params);
+        let decision = state.check_mut(params, now, cost, true);
+        shard.first_idle = shard.first_idle.min(state.idle_at(params));
+        shard.map.insert(key, state);
+        Ok(decision?)
+    }
+
+    /// Takes a place for a new key, if there is one.
+    fn reserve(&self) -> bool {
+        let max = self.max_keys();
+        self.keys
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |keys| {
+                (keys < max).then_some(keys + 1)
+            })
+            .is_ok()
+    }
+
+    /// Forgets the shard's idle keys.
+    fn sweep(&self, shard: &mut ShardInner<K>, params: &Params, now: u64, outcome: &mut Outcome) {
+        let before = shard.map.len();
+        let mut first_idle = u64::MAX;
+        shard.map.retain(|_, state| {
+            let idle_at = state.idle_at(params);
+            if idle_at <= now {
+                return false;
+            }
+            first_idle = first_idle.min(idle_at);
+            true
+        });
+        let evicted = before - shard.map.len();
+        if evicted > 0 {
+            self.keys.fetch_sub(evicted, Ordering::AcqRel);
+        }
+        let every = self.sweep_every.load(Ordering::Relaxed);
+        shard.next_sweep = now.saturating_add(every);
+        shard.last_sweep = now;
+        shard.first_idle = first_idle;
+        outcome.evicted += evicted;
+        outcome.keys = self.keys.load(Ordering::Relaxed);
+    }
+
+    /// Reports what a check did to the map.
+    #[cold]
+    fn after(&self, outcome: &Outcome) {
+        if outcome.evicted > 0 {
+            let overflowed = self.overflowed.swap(0, Ordering::Relaxed);
+            tracing::debug!(
+                name = %self.report.name,
+                evicted = outcome.evicted,
+                keys = outcome.keys,
+                "rate limit: idle keys forgotten"
+            );
+            if overflowed > 0 {
+                tracing::warn!(
+                    name = %self.report.name,
+                    overflowed,
+                    max_keys = self.max_keys(),
+                    policy = ?self.at_capacity(),
+                    "rate limit: key map was full; requests with new keys went to the overflow policy"
+                );
+            }
+            self.report.event(&RateLimitEvent::Swept {
+                evicted: outcome.evicted,
+                keys: outcome.keys,
+            });
+        }
+        if outcome.overflowed {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            if self.at_capacity() == AtCapacity::Overflow {
+                self.report
+                    .event(&RateLimitEvent::Overflowed { keys: outcome.keys });
+            }
+        }
+    }
+
+    fn max_keys(&self) -> usize {
+        self.max_keys.load(Ordering::Relaxed)
+    }
+
+    fn at_capacity(&self) -> AtCapacity {
+        AtCapacity::from_u8(self.at_capacity.load(Ordering::Relaxed))
+    }
+
+    /// Sweeps every shard now.
+    fn sweep_all(&self) -> usize {
+        let params = self.limiter.params();
+        let now = self.limiter.now();
+        let mut outcome = Outcome::default();
+        for shard in &self.shards {
+            self.sweep(&mut lock(&shard.inner), &params, now, &mut outcome);
+        }
+        if outcome.evicted > 0 {
+            self.after(&outcome);
+        }
+        outcome.evicted
+    }
+
+    fn snapshot(&self, key: K) -> Option<Snapshot> {
+        let params = self.limiter.params();
+        let now = self.limiter.now();
+        let hash = self.hasher.hash_one(&key);
+        let mut shard = lock(self.shard(hash));
+        let state = shard.map.get_mut(&Hashed { hash, key })?;
+        Some(match state.check_mut(&params, now, 0, false) {
+            Ok(snapshot) => snapshot,
+            Err(limited) => limited.snapshot,
+        })
+    }
+}
+
+/// Wraps services in a [`KeyedRateLimit`]: one limit per key, for example per client IP or
+/// per API key, so one busy client does not use up the others' quota.
+///
+/// A [`KeyExtractor`] picks each request's key (from a closure with [`key_fn`]; with the
+/// `http` feature [`PeerIp`](crate::PeerIp), [`ClientIp`](crate::ClientIp),
+/// [`HeaderKey`](crate::HeaderKey)). Every key gets the configuration's quota and
+/// algorithm, and behaves exactly like a [`RateLimiter`](crate::RateLimiter) of its own.
+/// Refused requests are answered as by a [`RateLimitLayer`](crate::RateLimitLayer):
+/// [`RaiseError`] by default, [`TooManyRequests`](crate::TooManyRequests) for `429`s.
+/// Keyed limits reject; they have no wait mode.
+///
+/// **One layer value is one map of limits**: every service it builds, every clone of those
+/// services and of the layer share it, and its settings.
+///
+/// # Bounded memory
+///
+/// - **Idle keys are forgotten.** A key whose limit is back at its full capacity (as if
+///   it had never been used) is *idle*: forgetting it changes no decision. Each shard of the
+///   map sweeps its idle keys every [`sweep_every`](Self::sweep_every) (default **10 s**),
+///   on a call, without a background task.
+/// - **At most [`max_keys`](Self::max_keys) keys** (default **100 000**), whatever
+///   arrives. A new key that finds the map full first sweeps its shard for idle keys (at
+///   most once per 1/16 of the sweep period, and only once one can be idle); if there is
+///   still no room, [`AtCapacity`] decides: the shared overflow limit (default) or a
+///   refusal. No key is forgotten before it is idle.
+///
+/// Each key costs its entry in a `HashMap`: the key, its hash and the algorithm's state
+/// (48 bytes), plus the map's spare room.
+///
+/// # Example
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use palisade_ratelimit::{KeyedRateLimitLayer, Quota, key_fn};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// struct Call {
+///     tenant: &'static str,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let per_tenant = KeyedRateLimitLayer::new(
+///     Quota::per_minute(NonZeroU32::new(1).unwrap()),
+///     key_fn(|call: &Call| call.tenant),
+/// );
+/// let service = ServiceBuilder::new()
+///     .layer(per_tenant.clone())
+///     .service_fn(|call: Call| async move { Ok::<_, std::io::Error>(call.tenant) });
+///
+/// assert_eq!(service.clone().oneshot(Call { tenant: "a" }).await.unwrap(), "a");
+/// // `a` has used its quota; `b` has its own.
+/// assert!(service.clone().oneshot(Call { tenant: "a" }).await.is_err());
+/// assert_eq!(service.clone().oneshot(Call { tenant: "b" }).await.unwrap(), "b");
+/// assert_eq!(per_tenant.keys(), 2);
+/// assert_eq!(per_tenant.snapshot("a").unwrap().remaining(), 0);
+/// # }
+/// ```
+pub struct KeyedRateLimitLayer<K, X, C = UnitCost, R = RaiseError> {
+    limiter: KeyedRateLimiter<K>,
+    extractor: Arc<X>,
+    cost: C,
+    respond: R,
+}
+
+impl<K: Hash + Eq, X> KeyedRateLimitLayer<K, X> {
+    /// One GCRA limit of `quota` per key that `extractor` picks.
+    pub fn new(quota: Quota, extractor: X) -> Self {
+        Self::from_limiter(KeyedRateLimiter::new(quota), extractor)
+    }
+
+    /// One limit per key that `extractor` picks, each as `config` says (quota, algorithm,
+    /// clock, name, listener).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::KeyedWait`] if `config` is in wait mode: keyed limits reject.
+    pub fn with_config(
+        config: impl Into<RateLimitConfig>,
+        extractor: X,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::from_limiter(
+            KeyedRateLimiter::with_config(config)?,
+            extractor,
+        ))
+    }
+
+    /// Limits requests with `limiter`'s limits (shared with whoever else holds it), keyed by
+    /// `extractor`.
+    pub fn from_limiter(limiter: KeyedRateLimiter<K>, extractor: X) -> Self {
+        Self {
+            limiter,
+            extractor: Arc::new(extractor),
+            cost: UnitCost,
+            respond: RaiseError,
+        }
+    }
+}
+
+impl<K: Hash + Eq, X, C, R> KeyedRateLimitLayer<K, X, C, R> {
+    /// Tracks at most `max` keys (default [`DEFAULT_MAX_KEYS`], 100 000).
+    #[must_use]
+    pub fn max_keys(self, max: NonZeroUsize) -> Self {
+        self.limiter.set_max_keys(max);
+        self
+    }
+
+    /// What a new key gets when the map is full (default [`AtCapacity::Overflow`]).
+    #[must_use]
+    pub fn at_capacity(self, at_capacity: AtCapacity) -> Self {
+        self.limiter.set_at_capacity(at_capacity);
+        self
+    }
+
+    /// Sweeps idle keys every `every` (default [`DEFAULT_SWEEP_EVERY`], 10 s).
+    #[must_use]
+    pub fn sweep_every(self, every: Duration) -> Self {
+        self.limiter.set_sweep_every(every);
+        self
+    }
+
+    /// The limits, to check or read directly (a handle: the same map).
+    pub fn limiter(&self) -> &KeyedRateLimiter<K> {
+        &self.limiter
+    }
+
+    /// Charges each request what `cost` says, as
+    /// [`RateLimitLayer::cost`](crate::RateLimitLayer::cost).
+    pub fn cost<D>(self, cost: D) -> KeyedRateLimitLayer<K, X, D, R> {
+        KeyedRateLimitLayer {
+            limiter: self.limiter,
+            extractor: self.extractor,
+            cost,
+            respond: self.respond,
+        }
+    }
+
+    /// Answers refused requests with `respond`, as
+    /// [`RateLimitLayer::respond_with`](crate::RateLimitLayer::respond_with).
+    pub fn respond_with<Q>(self, respond: Q) -> KeyedRateLimitLayer<K, X, C, Q> {
+        KeyedRateLimitLayer {
+            limiter: self.limiter,
+            extractor: self.extractor,
+            cost: self.cost,
+            respond,
+        }
+    }
+
+    /// Keys tracked now.
+    pub fn keys(&self) -> usize {
+        self.limiter.keys()
+    }
+
+    /// The state of `key`'s limit; see [`KeyedRateLimiter::snapshot`].
+    pub fn snapshot(&self, key: K) -> Option<Snapshot> {
+        self.limiter.snapshot(key)
+    }
+}
+
+impl<K, X, C: Clone, R: Clone> Clone for KeyedRateLimitLayer<K, X, C, R> {
+    /// The clone is the same map of limits.
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            extractor: Arc::clone(&self.extractor),
+            cost: self.cost.clone(),
+            respond: self.respond.clone(),
+        }
+    }
+}
+
+impl<K, X, C, R> fmt::Debug for KeyedRateLimitLayer<K, X, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, X, C: Clone, R: Clone> Layer<S> for KeyedRateLimitLayer<K, X, C, R> {
+    type Service = KeyedRateLimit<S, K, X, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedRateLimit {
+            inner,
+            keyed: Arc::clone(&self.limiter.keyed),
+            extractor: Arc::clone(&self.extractor),
+            cost: self.cost.clone(),
+            respond: self.respond.clone(),
+        }
+    }
+}
+
+/// A service behind keyed limits; built by [`KeyedRateLimitLayer`].
+///
+/// Readiness is the inner service's; each call is checked against its key's limit and
+/// either called at once or answered by the [`Respond`].
+pub struct KeyedRateLimit<S, K, X, C = UnitCost, R = RaiseError> {
+    inner: S,
+    keyed: Arc<Keyed<K>>,
+    extractor: Arc<X>,
+    cost: C,
+    respond: R,
+}
+
+impl<S, K, X, C, R> KeyedRateLimit<S, K, X, C, R> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming the rate-limited one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K, X, C: Clone, R: Clone> Clone for KeyedRateLimit<S, K, X, C, R> {
+    /// The clone shares the map of limits.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            keyed: Arc::clone(&self.keyed),
+            extractor: Arc::clone(&self.extractor),
+            cost: self.cost.clone(),
+            respond: self.respond.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, X, C, R> fmt::Debug for KeyedRateLimit<S, K, X, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimit")
+            .field("inner", &self.inner)
+            .field("name", &self.keyed.report.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, X, C, R, Req> Service<Req> for KeyedRateLimit<S, K, X, C, R>
+where
+    S: Service<Req>,
+    K: Hash + Eq,
+    X: KeyExtractor<Req, Key = K>,
+    C: Cost<Req>,
+    R: Respond<Req, S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = R::Error;
+    type Future = ResponseFuture<S, Req, R>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(|e| self.respond.error(e))
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let cost = self.cost.cost(&request);
+        let key = self.extractor.extract(&request);
+        match self.keyed.check(key, cost) {
+            Ok(snapshot) => {
+                self.keyed.report.admitted(cost, &snapshot);
+                ResponseFuture::called(self.inner.call(request), snapshot, self.respond.clone())
+            }
+            Err(refusal) => {
+                self.keyed.report.refused(cost, &refusal, Duration::ZERO);
+                let answer = self.respond.refused(refusal, request);
+                ResponseFuture::answered(answer, self.respond.clone())
+            }
+        }
+    }
+}
+
+/// Keyed limits to call directly, outside a tower stack: `check(key)` before doing the work.
+///
+/// Cheap to clone; clones are the same map of limits. Every key gets the quota and
+/// algorithm of the configuration; memory stays bounded as described on
+/// [`KeyedRateLimitLayer`] (idle keys are swept, at most
+/// [`max_keys`](Self::set_max_keys) keys, [`AtCapacity`] beyond).
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use palisade_ratelimit::{KeyedRateLimiter, Quota};
+///
+/// let per_user = KeyedRateLimiter::new(Quota::per_second(NonZeroU32::new(1).unwrap()));
+/// assert!(per_user.check("alice").is_ok());
+/// assert!(per_user.check("alice").is_err());
+/// assert!(per_user.check("bob").is_ok());
+/// assert_eq!(per_user.keys(), 2);
+/// ```
+pub struct KeyedRateLimiter<K> {
+    keyed: Arc<Keyed<K>>,
+}
+
+impl<K: Hash + Eq> KeyedRateLimiter<K> {
+    /// One GCRA limit of `quota` per key.
+    pub fn new(quota: Quota) -> Self {
+        Self::with_config(quota).unwrap_or_else(|_| unreachable!("a quota is valid"))
+    }
+
+    /// One limit per key, each as `config` says (quota, algorithm, clock, name, listener).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::KeyedWait`] if `config` is in wait mode: keyed limits reject.
+    pub fn with_config(config: impl Into<RateLimitConfig>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            keyed: Arc::new(Keyed::new(config.into())?),
+        })
+    }
+
+    /// Takes one unit of `key`'s limit if it allows it now.
+    ///
+    /// # Errors
+    ///
+    /// [`Refusal::Limited`] with the time until it would be admitted;
+    /// [`Refusal::KeysExhausted`] for a new key when the map is full and
+    /// [`AtCapacity::Refuse`] is set.
+    #[inline]
+    pub fn check(&self, key: K) -> Result<Snapshot, Refusal> {
+        self.keyed.check(key, 1)
+    }
+
+    /// Takes `cost` units of `key`'s limit at once, or none.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check), and [`Refusal::InsufficientCapacity`] for a cost above
+    /// what a limit ever holds.
+    #[inline]
+    pub fn check_n(&self, key: K, cost: u32) -> Result<Snapshot, Refusal> {
+        self.keyed.check(key, cost)
+    }
+
+    /// The state of `key`'s limit, taking nothing; `None` if it is not tracked (it has its
+    /// full quota, or found no room and counts against the overflow limit).
+    pub fn snapshot(&self, key: K) -> Option<Snapshot> {
+        self.keyed.snapshot(key)
+    }
+
+    /// Keys tracked now.
+    pub fn keys(&self) -> usize {
+        self.keyed.keys.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every idle key now (sweeps run on their own; this is for tests and admin
+    /// endpoints). Returns how many were forgotten.
+    pub fn sweep(&self) -> usize {
+        self.keyed.sweep_all()
+    }
+
+    /// Tracks at most `max` keys from now on (default [`DEFAULT_MAX_KEYS`], 100 000). Keys
+    /// above a lowered maximum are forgotten as they go idle.
+    pub fn set_max_keys(&self, max: NonZeroUsize) {
+        self.keyed.max_keys.store(max.get(), Ordering::Relaxed);
+    }
+
+    /// What a new key gets when the map is full (default [`AtCapacity::Overflow`]).
+    pub fn set_at_capacity(&self, at_capacity: AtCapacity) {
+        self.keyed
+            .at_capacity
+            .store(at_capacity.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Sweeps idle keys every `every` (default [`DEFAULT_SWEEP_EVERY`], 10 s).
+    pub fn set_sweep_every(&self, every: Duration) {
+        self.keyed
+            .sweep_every
+            .store(nanos(every), Ordering::Relaxed);
+    }
+
+    /// The current quota of every key.
+    pub fn quota(&self) -> Quota {
+        self.keyed.limiter.quota()
+    }
+
+    /// Replaces every key's quota for their next checks; what was admitted still counts.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::LogTooLarge`] for a sliding-window log whose count is above
+    /// [`MAX_LOG_ENTRIES`](crate::MAX_LOG_ENTRIES).
+    pub fn set_quota(&self, quota: Quota) -> Result<(), ConfigError> {
+        self.keyed.limiter.set_quota(quota)?;
+        tracing::info!(name = %self.keyed.report.name, ?quota, "rate limit: quota changed");
+        Ok(())
+    }
+}
+
+impl<K> Clone for KeyedRateLimiter<K> {
+    /// The clone is the same map of limits.
+    fn clone(&self) -> Self {
+        Self {
+            keyed: Arc::clone(&self.keyed),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedRateLimiter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimiter")
+            .field("name", &self.keyed.report.name)
+            .field("quota", &self.keyed.limiter.quota())
+            .field("keys", &self.keyed.keys.load(Ordering::Relaxed))
+            .field("max_keys", &self.keyed.max_keys.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
