@@ -26,6 +26,8 @@
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
 //! | `serve` | | `shutdown::serve`: hyper-util HTTP/1 + HTTP/2 serving with a graceful drain |
+//! | `ws` | [`palisade_ws`](crate::ws) | a WebSocket client that reconnects with backoff, detects dead peers, and reports every dropped message |
+//! | `ws-json`, `ws-rustls` | | typed JSON messages; `wss://` |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses; body-aware shutdown tracking |
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |
@@ -88,3 +90,7 @@ pub use palisade_retry as retry;
 #[cfg(feature = "shutdown")]
 #[doc(inline)]
 pub use palisade_shutdown as shutdown;
+
+#[cfg(feature = "ws")]
+#[doc(inline)]
+pub use palisade_ws as ws;
