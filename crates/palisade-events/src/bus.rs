@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::config::{Config, EventBusBuilder};
 use crate::emit::{Emit, Run};
@@ -33,6 +33,11 @@ use crate::subscription::{EntryState, HandlerId, HandlerInfo, Key, Subscribe, Su
 /// concurrently, the caller awaits the [`EmitReport`](crate::EmitReport)),
 /// [`emit_serial`](Self::emit_serial) (one after another, in registration order) or
 /// [`publish`](Self::publish) (onto a bounded queue, dispatched by a background task).
+///
+/// A handler that emits or publishes further events should capture a [`WeakEventBus`]
+/// ([`downgrade`](Self::downgrade)), not a clone of the bus: the bus holds its handlers, so a
+/// detached handler holding the bus would keep it (and itself) alive for good, and events
+/// still queued when the program lets go of the bus would never be reported lost.
 ///
 /// See the [crate documentation](crate) for an example.
 #[derive(Clone)]
@@ -55,7 +60,7 @@ impl EventBus {
         Self {
             inner: Arc::new(Inner {
                 tables: RwLock::new(Tables::default()),
-                queue: Queue::new(config.queue_capacity),
+                queue: Queue::new(config.queue_capacity, config.listener.clone()),
                 config,
             }),
         }
@@ -69,6 +74,37 @@ impl EventBus {
         &self.inner
     }
 
+    /// A handle to this bus that does not keep it alive: what a handler should capture to
+    /// emit or publish further events.
+    ///
+    /// ```
+    /// # use palisade_events::{Event, EventBus};
+    /// # #[derive(Clone)] struct OrderPlaced(u64);
+    /// # impl Event for OrderPlaced { const NAME: &'static str = "order.placed"; }
+    /// # #[derive(Clone)] struct OrderCompleted(u64);
+    /// # impl Event for OrderCompleted { const NAME: &'static str = "order.completed"; }
+    /// let bus = EventBus::new();
+    /// let weak = bus.downgrade();
+    /// bus.on(move |order: OrderPlaced| {
+    ///     let bus = weak.upgrade();
+    ///     async move {
+    ///         if let Some(bus) = bus {
+    ///             bus.emit(OrderCompleted(order.0)).await;
+    ///         }
+    ///     }
+    /// })
+    /// .detach();
+    ///
+    /// let probe = bus.downgrade();
+    /// drop(bus);
+    /// assert!(probe.upgrade().is_none(), "the handler did not keep the bus alive");
+    /// ```
+    pub fn downgrade(&self) -> WeakEventBus {
+        WeakEventBus {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// Subscribes a handler with options (a name, a timeout, once).
     pub fn subscribe(&self) -> Subscribe<'_> {
         Subscribe::new(self)
@@ -78,7 +114,8 @@ impl EventBus {
     /// closure's argument. Its future returns `()` or `Result<(), impl Into<BoxError>>`.
     ///
     /// The returned [`Subscription`] unsubscribes the handler when dropped; call
-    /// [`detach`](Subscription::detach) to keep it.
+    /// [`detach`](Subscription::detach) to keep it. A handler that needs the bus captures a
+    /// [`WeakEventBus`] (see [`downgrade`](Self::downgrade)).
     ///
     /// ```
     /// # use palisade_events::{Event, EventBus};
@@ -170,6 +207,32 @@ impl fmt::Debug for EventBus {
             .field("config", &self.inner.config)
             .field("queued", &self.queued())
             .finish_non_exhaustive()
+    }
+}
+
+/// A handle to an [`EventBus`] that does not keep it alive; from
+/// [`EventBus::downgrade`]. Cheap to clone.
+///
+/// What a handler captures to emit or publish further events: holding the bus itself, a
+/// detached handler would keep the bus alive for good.
+#[derive(Clone)]
+pub struct WeakEventBus {
+    inner: Weak<Inner>,
+}
+
+impl WeakEventBus {
+    /// The bus, unless every [`EventBus`] handle to it has been dropped (an event being
+    /// dispatched holds one while its handlers run).
+    pub fn upgrade(&self) -> Option<EventBus> {
+        self.inner.upgrade().map(EventBus::from_inner)
+    }
+}
+
+impl fmt::Debug for WeakEventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakEventBus")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
     }
 }
 

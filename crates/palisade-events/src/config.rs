@@ -8,7 +8,7 @@ use std::time::Duration;
 use palisade_core::event::Listener;
 
 use crate::bus::EventBus;
-use crate::observe::BusEvent;
+use crate::observe::{BusEvent, tell};
 use crate::publish::DeadLetter;
 
 /// How long a handler may take by default: 30 seconds.
@@ -22,6 +22,11 @@ pub const DEFAULT_QUEUE_CAPACITY: NonZeroUsize = NonZeroUsize::new(1024).unwrap(
 #[non_exhaustive]
 pub enum WhenFull {
     /// Wait for room: back-pressure on the publisher. The default.
+    ///
+    /// Except for a handler of a published event publishing on its own bus: the room it
+    /// would wait for is freed by the dispatcher, which is busy running that handler. Its
+    /// event goes into an overflow instead and is dispatched in its turn (see
+    /// [`EventBus::publish`](crate::EventBus::publish)).
     #[default]
     Wait,
     /// Return [`PublishError::QueueFull`](crate::PublishError::QueueFull) at once.
@@ -43,7 +48,7 @@ impl Config {
     #[inline]
     pub(crate) fn report(&self, event: impl FnOnce() -> BusEvent) {
         if let Some(listener) = &self.listener {
-            listener.on_event(&event());
+            tell(&**listener, &event());
         }
     }
 }
@@ -128,7 +133,8 @@ impl EventBusBuilder {
     }
 
     /// How many published events may wait for the dispatcher (not counting those being
-    /// dispatched). Default 1024.
+    /// dispatched, nor the overflow of handlers of published events, see [`WhenFull::Wait`]).
+    /// Default 1024.
     pub fn queue_capacity(mut self, capacity: NonZeroUsize) -> Self {
         self.config.queue_capacity = capacity;
         self
@@ -150,7 +156,7 @@ impl EventBusBuilder {
 
     /// Sends the bus's [`BusEvent`]s to `listener` (core's `MetricsListener`, a closure via
     /// `palisade_core::event::listener_fn`, ...). Called synchronously, once per emit and
-    /// once per handler call: keep it cheap.
+    /// once per handler call: keep it cheap. A panic in it is caught and logged.
     pub fn listener(mut self, listener: impl Listener<BusEvent> + 'static) -> Self {
         self.config.listener = Some(Arc::new(listener));
         self

@@ -28,6 +28,8 @@ pub(crate) struct Lane<E> {
     slot: Option<SlotBox<E>>,
     timer: Option<Pin<Box<Sleep>>>,
     running: bool,
+    // When the running call started; only with a listener, for its latency.
+    started: Option<Instant>,
     // The handler waits with no timer to time it out (no tokio runtime, or the deadline
     // is out of range).
     untimed: bool,
@@ -39,6 +41,7 @@ impl<E> Lane<E> {
             slot: None,
             timer: None,
             running: false,
+            started: None,
             untimed: false,
         }
     }
@@ -108,8 +111,8 @@ struct Progress<E> {
     running: usize,
     serial: bool,
     polled: bool,
-    // When the emit began; read only with a listener, for handler latency.
-    began: Option<Instant>,
+    // Whether the bus has a listener: then each call's start is taken, for its latency.
+    timed: bool,
     // When the waiting handlers' timeouts started; read once, when the first one waits.
     waiting_since: Option<Instant>,
 }
@@ -142,7 +145,7 @@ impl<'a, E: Event> Emit<'a, E> {
                 running: 0,
                 serial,
                 polled: false,
-                began: None,
+                timed: false,
                 waiting_since: None,
             },
             span,
@@ -216,7 +219,7 @@ impl<E: Event> Progress<E> {
         if !self.polled {
             self.polled = true;
             if config.listener.is_some() {
-                self.began = Some(Instant::now());
+                self.timed = true;
                 config.report(|| BusEvent::Emitted {
                     event: E::NAME,
                     handlers: entries.len(),
@@ -239,9 +242,10 @@ impl<E: Event> Progress<E> {
                 }
                 let entry = &entries[index];
                 if let Poll::Ready(outcome) = poll_lane(lane, entry, &mut self.waiting_since, cx) {
+                    let started = lane.started.take();
                     lane.finish();
                     self.running -= 1;
-                    record(bus, entry, index, outcome, self.began, &mut self.exceptions);
+                    record(bus, entry, index, outcome, started, &mut self.exceptions);
                 }
             }
         }
@@ -269,10 +273,14 @@ impl<E: Event> Progress<E> {
                 self.waiting_since = None;
             }
             let lane = &mut lanes[index];
+            if self.timed {
+                lane.started = Some(Instant::now());
+            }
             match start_lane(lane, entry, event, &mut self.waiting_since, cx) {
                 Poll::Ready(outcome) => {
+                    let started = lane.started.take();
                     lane.finish();
-                    record(bus, entry, index, outcome, self.began, &mut self.exceptions);
+                    record(bus, entry, index, outcome, started, &mut self.exceptions);
                 }
                 Poll::Pending => {
                     lane.running = true;
@@ -380,13 +388,13 @@ fn record<E: Event>(
     entry: &Entry<E>,
     index: usize,
     outcome: HandlerOutcome,
-    began: Option<Instant>,
+    started: Option<Instant>,
     exceptions: &mut Vec<(usize, HandlerOutcome)>,
 ) {
     if matches!(outcome, HandlerOutcome::Ok) && bus.inner().config.listener.is_none() {
         return;
     }
-    report_outcome(bus, entry, index, outcome, began, exceptions);
+    report_outcome(bus, entry, index, outcome, started, exceptions);
 }
 
 #[cold]
@@ -396,7 +404,7 @@ fn report_outcome<E: Event>(
     entry: &Entry<E>,
     index: usize,
     outcome: HandlerOutcome,
-    began: Option<Instant>,
+    started: Option<Instant>,
     exceptions: &mut Vec<(usize, HandlerOutcome)>,
 ) {
     let config = &bus.inner().config;
@@ -405,7 +413,7 @@ fn report_outcome<E: Event>(
         handler: entry.info.id,
         name: Arc::clone(&entry.info.name),
         status: outcome.status(),
-        latency: began.map(|began| began.elapsed()).unwrap_or_default(),
+        latency: started.map(|started| started.elapsed()).unwrap_or_default(),
     });
     if let HandlerOutcome::Ok = outcome {
         return;
@@ -426,7 +434,7 @@ fn report_outcome<E: Event>(
     exceptions.push((index, outcome));
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&'static str>() {
         (*message).to_owned()
     } else if let Some(message) = payload.downcast_ref::<String>() {

@@ -20,8 +20,11 @@
 //! - [`Subscription`]s unsubscribe when dropped (or [`detach`](Subscription::detach) to keep
 //!   the handler); [`once`](EventBus::once) handlers run exactly once; [`on_any`](EventBus::on_any)
 //!   handlers see every event as an [`AnyEvent`].
-//! - Handlers may emit further events, subscribe and unsubscribe: no lock is held while a
-//!   handler runs. Unsubscribing during an emit is safe: a handler not yet called is skipped.
+//! - Handlers may emit and publish further events, subscribe and unsubscribe: no lock is held
+//!   while a handler runs. Unsubscribing during an emit is safe: a handler not yet called is
+//!   skipped. A handler of a published event that publishes never waits for the dispatcher
+//!   that runs it. A handler that needs the bus captures a [`WeakEventBus`], so that it does
+//!   not keep the bus alive.
 //! - Observability: a `tracing` span per emit and warnings for failures; [`BusEvent`]s for
 //!   core [`Listener`](palisade_core::Listener)s (emits, each handler's outcome and latency,
 //!   the queue), such as core's `MetricsListener`.
@@ -60,13 +63,16 @@
 //! # async fn main() {
 //! let bus = EventBus::new();
 //!
-//! // Payment: charges, then emits the next event (handlers may emit).
-//! let next = bus.clone();
+//! // Payment: charges, then emits the next event (handlers may emit). It holds a weak
+//! // handle: a handler holding the bus itself would keep the bus alive for good.
+//! let next = bus.downgrade();
 //! bus.on(move |order: OrderPlaced| {
-//!     let bus = next.clone();
+//!     let bus = next.upgrade();
 //!     async move {
 //!         let _ = order.amount_cents; // charge the card
-//!         bus.emit(OrderCompleted { order_id: order.order_id }).await.into_result()?;
+//!         if let Some(bus) = bus {
+//!             bus.emit(OrderCompleted { order_id: order.order_id }).await.into_result()?;
+//!         }
 //!         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
 //!     }
 //! })
@@ -127,7 +133,7 @@ mod publish;
 mod report;
 mod subscription;
 
-pub use crate::bus::EventBus;
+pub use crate::bus::{EventBus, WeakEventBus};
 pub use crate::config::{
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_QUEUE_CAPACITY, EventBusBuilder, WhenFull,
 };

@@ -1,9 +1,10 @@
 //! What a bus reports to its [`Listener`](palisade_core::Listener).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_core::event::{Event, Reading};
+use palisade_core::event::{Event, Listener, Reading};
 
 use crate::report::HandlerStatus;
 use crate::subscription::HandlerId;
@@ -36,7 +37,8 @@ pub enum BusEvent {
         name: Arc<str>,
         /// How it ended.
         status: HandlerStatus,
-        /// From the start of the emit to the end of this handler's call.
+        /// From the start of this handler's call to its end (in a serial emit, the handlers
+        /// before it are not counted).
         latency: Duration,
     },
     /// An event was put on the publish queue.
@@ -60,8 +62,10 @@ pub enum BusEvent {
         /// How many handlers failed.
         failures: usize,
     },
-    /// A published event was never dispatched: every handle to the bus was dropped first.
-    /// (`flush` before dropping the bus delivers everything.)
+    /// A published event was not dispatched, or its dispatch was cut short: every handle to
+    /// the bus was dropped first (`flush` before dropping the bus delivers everything), the
+    /// runtime running the dispatcher shut down, or something outside the handlers panicked
+    /// while dispatching it (the event's `Clone`, say). Some of its handlers may not have run.
     Lost {
         /// The event's name.
         event: &'static str,
@@ -151,5 +155,13 @@ impl Event for BusEvent {
             )),
             _ => {}
         }
+    }
+}
+
+/// Calls `listener` with `event`. A panic in it is caught and logged: a broken metrics
+/// backend must not stop an emit, or the dispatcher with every event queued behind it.
+pub(crate) fn tell(listener: &dyn Listener<BusEvent>, event: &BusEvent) {
+    if catch_unwind(AssertUnwindSafe(|| listener.on_event(event))).is_err() {
+        tracing::error!(kind = event.kind(), "the event bus's listener panicked");
     }
 }

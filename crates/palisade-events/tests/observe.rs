@@ -80,6 +80,33 @@ async fn the_listener_hears_each_emit_and_each_handlers_outcome_and_latency() {
     assert_eq!(all.len(), 5);
 }
 
+#[tokio::test(start_paused = true)]
+async fn each_handlers_latency_is_its_own_call_also_in_a_serial_emit() {
+    let events = Events::default();
+    let bus = EventBus::builder().listener(events.clone()).build();
+    for ms in [100, 200, 300] {
+        bus.on(move |_: OrderPlaced| sleep(Duration::from_millis(ms)))
+            .detach();
+    }
+
+    bus.emit_serial(OrderPlaced { order_id: 1 }).await;
+    bus.emit(OrderPlaced { order_id: 2 }).await;
+
+    let latencies: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter_map(|event| match event {
+            BusEvent::HandlerFinished { latency, .. } => Some(latency.as_millis()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        latencies,
+        [100, 200, 300, 100, 200, 300],
+        "serially, then concurrently: not counted from the start of the emit"
+    );
+}
+
 #[test]
 fn bus_events_name_themselves_for_metrics() {
     let finished = BusEvent::HandlerFinished {
