@@ -17,6 +17,8 @@
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `events` | [`palisade_events`](crate::events) | a typed in-process event bus: concurrent handlers (closures or tower services), every outcome reported, a bounded publish queue with dead letters |
 //! | `nats` | | the event bus across processes over NATS |
+//! | `jobs` | [`palisade_jobs`](crate::jobs) | a durable job queue (SQLite by default): typed jobs, handlers as tower services, fenced leases, retries, a dead-letter queue |
+//! | `jobs-postgres` | | the job queue's PostgreSQL backend |
 //! | `lock` | [`palisade_lock`](crate::lock) | locks with fencing tokens, a renewing watchdog and `lost()`; in-process by default |
 //! | `lock-redis`, `lock-postgres` | | the lock's Redis + Redlock and PostgreSQL advisory-lock backends |
 //! | `pool` | [`palisade_pool`](crate::pool) | `ConcurrencyPoolLayer`: a limit with a priority wait queue, load shedding, permits held until the response body ends |
@@ -70,6 +72,10 @@ pub use palisade_breaker as breaker;
 #[cfg(feature = "events")]
 #[doc(inline)]
 pub use palisade_events as events;
+
+#[cfg(feature = "jobs")]
+#[doc(inline)]
+pub use palisade_jobs as jobs;
 
 #[cfg(feature = "lock")]
 #[doc(inline)]
