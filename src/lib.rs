@@ -28,6 +28,7 @@
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
 //! | `serve` | | `shutdown::serve`: hyper-util HTTP/1 + HTTP/2 serving with a graceful drain |
+//! | `upload` | [`palisade_upload`](crate::upload) | resumable uploads on tus 1.0: a server (a tower service) and a client that resumes by content hash |
 //! | `ws` | [`palisade_ws`](crate::ws) | a WebSocket client that reconnects with backoff, detects dead peers, and reports every dropped message |
 //! | `ws-json`, `ws-rustls` | | typed JSON messages; `wss://` |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses; body-aware shutdown tracking |
@@ -96,6 +97,10 @@ pub use palisade_retry as retry;
 #[cfg(feature = "shutdown")]
 #[doc(inline)]
 pub use palisade_shutdown as shutdown;
+
+#[cfg(feature = "upload")]
+#[doc(inline)]
+pub use palisade_upload as upload;
 
 #[cfg(feature = "ws")]
 #[doc(inline)]
