@@ -5,17 +5,19 @@
 //! sharing one `Params`, and a remote store can run the same decision elsewhere.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use portable_atomic::AtomicU128;
+
 use crate::decision::{Limited, Snapshot};
-use crate::limiter::Params;
+use crate::limiter::{Params, Span};
 
 /// Which algorithm a limiter runs. All of them admit weighted requests.
 ///
 /// | algorithm | state | admits | memory |
 /// |---|---|---|---|
-/// | [`Gcra`](Self::Gcra) (default) | one `AtomicU64`, lock-free | `burst` at once, then one unit per `window / count` | 8 bytes |
+/// | [`Gcra`](Self::Gcra) (default) | one 128-bit atomic, lock-free (on x86-64 and AArch64) | `burst` at once, then one unit per `window / count` | 16 bytes |
 /// | [`TokenBucket`](Self::TokenBucket) | level + time behind a mutex | the same as GCRA | 16 bytes |
 /// | [`SlidingWindowLog`](Self::SlidingWindowLog) | one timestamp per admission | `count` in any window of length `window` | up to `count` entries |
 /// | [`SlidingWindowCounter`](Self::SlidingWindowCounter) | two counters | `count` by a weighted estimate over the last window | 24 bytes |
@@ -24,7 +26,8 @@ use crate::limiter::Params;
 #[non_exhaustive]
 pub enum Algorithm {
     /// Generic cell rate algorithm: the whole state is one "theoretical arrival time" in an
-    /// atomic, advanced by a compare-exchange loop. Exact, smooth, lock-free; the default.
+    /// atomic (nanoseconds and a fraction of one), advanced by a compare-exchange loop.
+    /// Exact, smooth, lock-free; the default.
     #[default]
     Gcra,
     /// The classic bucket: holds up to `burst` tokens, refilled at `count` per window,
@@ -140,10 +143,11 @@ impl State {
     /// nothing.
     pub(crate) fn idle_at(&mut self, params: &Params) -> u64 {
         match self {
-            State::Gcra(gcra) => *gcra.tat.get_mut(),
+            State::Gcra(gcra) => Span::unpack(*gcra.tat.get_mut(), params).ceil(),
             State::TokenBucket(bucket) => {
                 let bucket = get_mut(bucket);
-                bucket.last + params.capacity.saturating_sub(bucket.level)
+                let missing = params.sub(params.capacity, bucket.level(params));
+                bucket.last.saturating_add(missing.ceil())
             }
             State::Log(log) => get_mut(log)
                 .entries
@@ -183,15 +187,15 @@ fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
     mutex.get_mut().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The snapshot of a continuous (GCRA, token bucket) limit with `used` nanoseconds of its
-/// capacity taken.
+/// The snapshot of a continuous (GCRA, token bucket) limit with `used` of its capacity
+/// taken.
 #[inline]
-fn continuous(params: &Params, used: u64) -> Snapshot {
+fn continuous(params: &Params, used: Span) -> Snapshot {
     Snapshot {
         limit: params.policy_limit(),
-        remaining: params.units(params.capacity.saturating_sub(used)),
+        remaining: params.units(params.sub(params.capacity, used)),
         window_nanos: params.policy_window(),
-        reset_nanos: used,
+        reset_nanos: used.ceil(),
     }
 }
 
@@ -204,12 +208,36 @@ fn windowed(params: &Params, remaining: u64, reset: u64) -> Snapshot {
     }
 }
 
-/// GCRA: the theoretical arrival time of the next unit, in the limiter's nanoseconds. The
-/// limit is full while it lies in the past; a unit pushes it one interval further; a check
-/// is refused when that would put it more than the capacity (`burst` intervals) ahead.
+/// A refusal of a continuous limit: `used` would exceed the capacity; `held` is taken now.
+#[cold]
+fn over(params: &Params, used: Span, held: Span) -> Limited {
+    Limited {
+        // Rounded up: waiting that long admits the same check.
+        retry_after_nanos: params.sub(used, params.capacity).ceil(),
+        snapshot: continuous(params, held),
+    }
+}
+
+/// GCRA: the theoretical arrival time of the next unit, in the limiter's nanoseconds and a
+/// fraction of one (a [`Span`], packed). The limit is full while it lies in the past; a unit
+/// pushes it one interval (`window / count`, exactly) further; a check is refused when that
+/// would put it more than the capacity (`burst` intervals) ahead.
 #[derive(Debug, Default)]
 pub(crate) struct Gcra {
-    tat: AtomicU64,
+    tat: AtomicU128,
+}
+
+/// GCRA's decision from the theoretical arrival time `tat`: the time taken after the check.
+#[inline(always)]
+fn gcra(params: &Params, tat: Span, now: u64, cost: u32) -> Result<Span, Limited> {
+    let now = Span::nanos(now);
+    // Zero when the arrival time is past: the limit is full.
+    let ahead = params.sub(tat, now);
+    let used = params.add(ahead, params.span(cost));
+    if used > params.capacity {
+        return Err(over(params, used, ahead));
+    }
+    Ok(used)
 }
 
 impl Gcra {
@@ -221,34 +249,25 @@ impl Gcra {
         cost: u32,
         consume: bool,
     ) -> Result<Snapshot, Limited> {
-        let increment = u64::from(cost).saturating_mul(params.interval);
-        let mut tat = self.tat.load(Ordering::Acquire);
+        let mut packed = self.tat.load(Ordering::Acquire);
         loop {
-            let base = tat.max(now);
-            let used = (base - now).saturating_add(increment);
-            if used > params.capacity {
-                return Err(Limited {
-                    retry_after_nanos: used - params.capacity,
-                    snapshot: continuous(params, base - now),
-                });
-            }
+            let used = gcra(params, Span::unpack(packed, params), now, cost)?;
             if !consume || cost == 0 {
                 return Ok(continuous(params, used));
             }
+            let tat = params.add(Span::nanos(now), used);
             match self.tat.compare_exchange_weak(
-                tat,
-                now + used,
+                packed,
+                tat.pack(),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(continuous(params, used)),
-                Err(actual) => tat = actual,
+                Err(actual) => packed = actual,
             }
         }
     }
-}
 
-impl Gcra {
     /// GCRA without the compare-exchange, for a state held exclusively.
     #[inline]
     fn check_mut(
@@ -258,32 +277,29 @@ impl Gcra {
         cost: u32,
         consume: bool,
     ) -> Result<Snapshot, Limited> {
-        let tat = self.tat.get_mut();
-        let increment = u64::from(cost).saturating_mul(params.interval);
-        let base = (*tat).max(now);
-        let used = (base - now).saturating_add(increment);
-        if used > params.capacity {
-            return Err(Limited {
-                retry_after_nanos: used - params.capacity,
-                snapshot: continuous(params, base - now),
-            });
-        }
+        let packed = self.tat.get_mut();
+        let used = gcra(params, Span::unpack(*packed, params), now, cost)?;
         if consume && cost > 0 {
-            *tat = now + used;
+            *packed = params.add(Span::nanos(now), used).pack();
         }
         Ok(continuous(params, used))
     }
 }
 
-/// Token bucket: `level` nanoseconds' worth of tokens (one token per interval), refilled by
-/// the time elapsed since `last`, up to the capacity.
+/// Token bucket: `level`, the time's worth of units it holds (one unit per `window /
+/// count`, fractions kept), refilled by the time elapsed since `last`, up to the capacity.
 #[derive(Debug)]
 pub(crate) struct Bucket {
-    level: u64,
+    level: Span,
     last: u64,
 }
 
 impl Bucket {
+    /// The level, its fraction read under the current quota.
+    fn level(&self, params: &Params) -> Span {
+        Span::unpack(self.level.pack(), params)
+    }
+
     fn check(
         &mut self,
         params: &Params,
@@ -291,21 +307,20 @@ impl Bucket {
         cost: u32,
         consume: bool,
     ) -> Result<Snapshot, Limited> {
-        let elapsed = now.saturating_sub(self.last);
-        self.level = self.level.saturating_add(elapsed).min(params.capacity);
+        let elapsed = Span::nanos(now.saturating_sub(self.last));
+        self.level = params.add(self.level(params), elapsed).min(params.capacity);
         self.last = self.last.max(now);
-        let needed = u64::from(cost).saturating_mul(params.interval);
+        let needed = params.span(cost);
         if needed > self.level {
-            return Err(Limited {
-                retry_after_nanos: needed - self.level,
-                snapshot: continuous(params, params.capacity - self.level),
-            });
+            let missing = params.sub(params.capacity, self.level);
+            let used = params.add(missing, needed);
+            return Err(over(params, used, missing));
         }
-        let level = self.level - needed;
+        let level = params.sub(self.level, needed);
         if consume {
             self.level = level;
         }
-        Ok(continuous(params, params.capacity - level))
+        Ok(continuous(params, params.sub(params.capacity, level)))
     }
 }
 

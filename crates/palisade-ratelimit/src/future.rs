@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::decision::{Limited, Refusal, Snapshot};
+use crate::decision::{Refusal, Snapshot};
 use crate::layer::Shared;
 use crate::queue::Waiter;
 use crate::respond::Respond;
@@ -115,7 +115,7 @@ where
             state: State::Waiting {
                 wait: Box::pin(Wait {
                     sleep: tokio::time::sleep_until(deadline),
-                    waiter: Some(Waiter::join(shared)),
+                    waiter: Some(Waiter::join(shared, cost)),
                     service,
                     request: Some(request),
                     cost,
@@ -165,14 +165,9 @@ impl<S, Req> Wait<S, Req> {
                     sleep.as_mut().reset(deadline);
                 }
                 ready!(sleep.as_mut().poll(cx));
-                // The deadline passed behind other waiters.
-                let refusal = match shared.limiter.check(cost, false) {
-                    Err(refusal) => refusal,
-                    Ok(snapshot) => Refusal::Limited(Limited {
-                        retry_after_nanos: 0,
-                        snapshot,
-                    }),
-                };
+                // The deadline passed behind other waiters: they go first, so even with
+                // capacity free now, the retry-after counts what they will take.
+                let refusal = shared.limiter.behind(cost, waiter.cost_ahead());
                 shared.refused(cost, &refusal, started.elapsed());
                 return Poll::Ready(Err(refusal));
             }

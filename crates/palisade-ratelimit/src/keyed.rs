@@ -470,7 +470,7 @@ impl<K: Hash + Eq> Keyed<K> {
 ///   refusal. No key is forgotten before it is idle.
 ///
 /// Each key costs its entry in a `HashMap`: the key, its hash and the algorithm's state
-/// (48 bytes), plus the map's spare room.
+/// (64 bytes), plus the map's spare room.
 ///
 /// # Example
 ///

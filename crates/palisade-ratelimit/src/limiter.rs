@@ -17,10 +17,48 @@ pub const MAX_LOG_ENTRIES: u32 = 1 << 16;
 
 /// The most nanoseconds GCRA's capacity may span (about 146 years): keeps its arithmetic far
 /// from overflow.
-const MAX_CAPACITY: u64 = 1 << 62;
+pub(crate) const MAX_CAPACITY: u64 = 1 << 62;
 
 /// How many words [`Params`] takes in a [`ParamsCell`].
-const WORDS: usize = 5;
+const WORDS: usize = 6;
+
+/// An exact time for the continuous algorithms: `ns + frac / count` nanoseconds, with
+/// `frac < count` (of the quota it was computed under). Keeping the fraction keeps the rate
+/// exact: a unit takes `window / count` nanoseconds, which is rarely a whole number.
+///
+/// Ordered as the time it stands for. A fraction kept from a quota with a larger count is
+/// clamped when read under a new one: an error below a nanosecond, once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Span {
+    pub(crate) ns: u64,
+    pub(crate) frac: u32,
+}
+
+impl Span {
+    pub(crate) const fn nanos(ns: u64) -> Self {
+        Self { ns, frac: 0 }
+    }
+
+    /// The time in whole nanoseconds, rounded up.
+    #[inline]
+    pub(crate) fn ceil(self) -> u64 {
+        self.ns.saturating_add(u64::from(self.frac > 0))
+    }
+
+    /// Packed into one word pair for an atomic.
+    #[inline]
+    pub(crate) fn pack(self) -> u128 {
+        u128::from(self.ns) << 64 | u128::from(self.frac)
+    }
+
+    #[inline]
+    pub(crate) fn unpack(packed: u128, params: &Params) -> Self {
+        Self {
+            ns: (packed >> 64) as u64,
+            frac: (packed as u32).min(params.count - 1),
+        }
+    }
+}
 
 /// A quota in the algorithms' units: nanoseconds and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,47 +67,130 @@ pub(crate) struct Params {
     pub(crate) burst: u32,
     /// The window, in nanoseconds.
     pub(crate) window: u64,
-    /// Nanoseconds to replenish one unit.
+    /// Whole nanoseconds to replenish one unit: `window / count`, rounded down (0 for more
+    /// than one unit per nanosecond).
     pub(crate) interval: u64,
-    /// `burst × interval`, at most [`MAX_CAPACITY`]: the continuous algorithms' capacity.
-    pub(crate) capacity: u64,
-    /// `u64::MAX / interval`: divides by the interval with a multiplication.
+    /// `window % count`: the fraction of a nanosecond (in `1 / count`) the interval has
+    /// beyond `interval`.
+    pub(crate) remainder: u32,
+    /// `burst × window / count`, at most [`MAX_CAPACITY`]: the continuous algorithms'
+    /// capacity.
+    pub(crate) capacity: Span,
+    /// `u64::MAX / interval` when the interval is whole: divides by it with a
+    /// multiplication.
     reciprocal: u64,
 }
 
 impl Params {
     pub(crate) fn new(quota: &Quota) -> Self {
-        let interval = quota.interval_nanos();
-        let capacity = u128::from(quota.burst()) * u128::from(interval);
+        let count = quota.count();
+        let window = quota.window_nanos();
+        let interval = window / u64::from(count);
+        // Below `count`, which is a `u32`.
+        let remainder = (window % u64::from(count)) as u32;
+        let scaled = u128::from(quota.burst()) * u128::from(window);
+        let capacity = if scaled / u128::from(count) >= u128::from(MAX_CAPACITY) {
+            Span::nanos(MAX_CAPACITY)
+        } else {
+            Span {
+                ns: (scaled / u128::from(count)) as u64,
+                frac: (scaled % u128::from(count)) as u32,
+            }
+        };
         Self {
-            count: quota.count(),
+            count,
             burst: quota.burst(),
-            window: quota.window_nanos(),
+            window,
             interval,
-            capacity: u64::try_from(capacity.min(u128::from(MAX_CAPACITY))).unwrap_or(MAX_CAPACITY),
-            reciprocal: u64::MAX / interval,
+            remainder,
+            capacity,
+            reciprocal: if remainder == 0 {
+                u64::MAX / interval.max(1)
+            } else {
+                0
+            },
         }
     }
 
-    /// Whole units in `nanos` (at most the capacity): `nanos / interval`, without a
-    /// division. The reciprocal's quotient is exact or one short, and `nanos` is far below
-    /// 2⁶⁴, so one correction makes it exact.
+    /// The time `cost` units take to replenish: `cost × window / count`, exactly (at most a
+    /// little beyond [`MAX_CAPACITY`], far from overflow).
     #[inline]
-    pub(crate) fn units(&self, nanos: u64) -> u32 {
-        let estimate = ((u128::from(nanos) * u128::from(self.reciprocal)) >> 64) as u64;
-        let units = if (estimate + 1) * self.interval <= nanos {
-            estimate + 1
+    pub(crate) fn span(&self, cost: u32) -> Span {
+        let whole = u64::from(cost).saturating_mul(self.interval);
+        if self.remainder == 0 {
+            return Span::nanos(whole.min(MAX_CAPACITY + 1));
+        }
+        // Both below 2³², so the product fits.
+        let extra = u64::from(cost) * u64::from(self.remainder);
+        let count = u64::from(self.count);
+        Span {
+            ns: whole.saturating_add(extra / count).min(MAX_CAPACITY + 1),
+            frac: (extra % count) as u32,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, a: Span, b: Span) -> Span {
+        let frac = u64::from(a.frac) + u64::from(b.frac);
+        let carry = frac >= u64::from(self.count);
+        Span {
+            ns: a.ns.saturating_add(b.ns).saturating_add(u64::from(carry)),
+            frac: if carry {
+                (frac - u64::from(self.count)) as u32
+            } else {
+                frac as u32
+            },
+        }
+    }
+
+    /// `a - b`, or zero if `b` is later.
+    #[inline]
+    pub(crate) fn sub(&self, a: Span, b: Span) -> Span {
+        if a <= b {
+            return Span::default();
+        }
+        if a.frac >= b.frac {
+            Span {
+                ns: a.ns - b.ns,
+                frac: a.frac - b.frac,
+            }
         } else {
-            estimate
+            Span {
+                ns: a.ns - b.ns - 1,
+                frac: self.count - (b.frac - a.frac),
+            }
+        }
+    }
+
+    /// Whole units that replenish in `span` (at most the capacity): `span × count /
+    /// window`, rounded down. With a whole interval, a multiplication by its reciprocal:
+    /// the quotient is exact or one short, and `span` is far below 2⁶⁴, so one correction
+    /// makes it exact (a fraction left from an earlier quota cannot change it).
+    #[inline]
+    pub(crate) fn units(&self, span: Span) -> u32 {
+        let units = if self.remainder == 0 {
+            let nanos = span.ns;
+            let estimate = ((u128::from(nanos) * u128::from(self.reciprocal)) >> 64) as u64;
+            if (estimate + 1) * self.interval <= nanos {
+                estimate + 1
+            } else {
+                estimate
+            }
+        } else {
+            let scaled = u128::from(span.ns) * u128::from(self.count) + u128::from(span.frac);
+            u64::try_from(scaled / u128::from(self.window)).unwrap_or(u64::MAX)
         };
         u32::try_from(units).unwrap_or(u32::MAX)
     }
 
     fn quota(&self) -> Quota {
         let nz = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Quota::new(nz(self.count), Duration::from_nanos(self.window))
-            .map(|quota| quota.allow_burst(nz(self.burst)))
-            .unwrap_or_else(|_| unreachable!("parameters come from a valid quota"))
+        // From a valid quota: a count, a window and a burst a `Quota` holds.
+        Quota::from_parts(
+            nz(self.count),
+            Duration::from_nanos(self.window),
+            nz(self.burst),
+        )
     }
 
     /// The policy's quota for headers: the count, or the burst when it differs.
@@ -86,7 +207,7 @@ impl Params {
         if self.burst == self.count {
             self.window
         } else {
-            self.capacity
+            self.capacity.ceil()
         }
     }
 
@@ -103,7 +224,8 @@ impl Params {
             u64::from(self.count) << 32 | u64::from(self.burst),
             self.window,
             self.interval,
-            self.capacity,
+            u64::from(self.remainder) << 32 | u64::from(self.capacity.frac),
+            self.capacity.ns,
             self.reciprocal,
         ]
     }
@@ -114,8 +236,12 @@ impl Params {
             burst: words[0] as u32,
             window: words[1],
             interval: words[2],
-            capacity: words[3],
-            reciprocal: words[4],
+            remainder: (words[3] >> 32) as u32,
+            capacity: Span {
+                ns: words[4],
+                frac: words[3] as u32,
+            },
+            reciprocal: words[5],
         }
     }
 }
@@ -152,6 +278,7 @@ impl ParamsCell {
                 self.words[2].load(Ordering::Relaxed),
                 self.words[3].load(Ordering::Relaxed),
                 self.words[4].load(Ordering::Relaxed),
+                self.words[5].load(Ordering::Relaxed),
             ];
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
@@ -252,6 +379,32 @@ impl Limiter {
         self.state.resize(&params);
         self.params.store(&params);
         Ok(())
+    }
+
+    /// The refusal of `cost` waiting behind `ahead` units that go first: a retry-after of at
+    /// least the time the limiter needs to hold them all (an estimate at the quota's rate),
+    /// and never less than one unit's replenish time.
+    #[cold]
+    pub(crate) fn behind(&self, cost: u32, ahead: u64) -> Refusal {
+        let own = match self.check(cost, false) {
+            Ok(_) => 0,
+            Err(Refusal::Limited(limited)) => limited.retry_after_nanos,
+            Err(refusal) => return refusal,
+        };
+        // What the limiter holds now, before anyone takes it.
+        let snapshot = self.snapshot();
+        let missing = (u64::from(cost) + ahead)
+            .saturating_sub(u64::from(snapshot.remaining))
+            .max(1);
+        let estimate = self
+            .params
+            .load()
+            .span(u32::try_from(missing).unwrap_or(u32::MAX))
+            .ceil();
+        Refusal::Limited(Limited {
+            retry_after_nanos: own.max(estimate),
+            snapshot,
+        })
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {
@@ -438,12 +591,46 @@ mod params_tests {
                 burst: 1,
                 window: interval,
                 interval,
-                capacity: MAX_CAPACITY,
+                remainder: 0,
+                capacity: Span::nanos(MAX_CAPACITY),
                 reciprocal: u64::MAX / interval,
             };
             let expected = u32::try_from(nanos / interval).unwrap_or(u32::MAX);
-            prop_assert_eq!(params.units(nanos), expected);
+            prop_assert_eq!(params.units(Span::nanos(nanos)), expected);
         }
+
+        #[test]
+        fn spans_add_and_subtract_exactly_and_count_units_exactly(
+            count in 1u32..=u32::MAX,
+            window in 1u64..=1_000_000_000_000,
+            a in 0u32..=u32::MAX,
+            b in 0u32..=u32::MAX,
+        ) {
+            let quota = Quota::new(NonZeroU32::new(count).unwrap(), Duration::from_nanos(window))
+                .unwrap()
+                .allow_burst(NonZeroU32::MAX);
+            let params = Params::new(&quota);
+            // In `1 / count` nanoseconds.
+            let scaled = |span: Span| u128::from(span.ns) * u128::from(count) + u128::from(span.frac);
+            let (sa, sb) = (params.span(a), params.span(b));
+            prop_assert_eq!(scaled(sa), u128::from(a) * u128::from(window));
+            prop_assert!(sa.frac < count);
+            prop_assert_eq!(scaled(params.add(sa, sb)), scaled(sa) + scaled(sb));
+            prop_assert_eq!(scaled(params.sub(sa, sb)), scaled(sa).saturating_sub(scaled(sb)));
+            if scaled(sa) < scaled(params.capacity) {
+                prop_assert_eq!(params.units(sa), a);
+                let less = params.sub(sa, Span { ns: 0, frac: 1 });
+                prop_assert_eq!(params.units(less), a.saturating_sub(1));
+            }
+            prop_assert_eq!(sa.ceil(), u64::try_from(scaled(sa).div_ceil(u128::from(count))).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_quota_above_one_unit_per_nanosecond_reads_back_as_itself() {
+        let quota = Quota::per_second(NonZeroU32::new(2_000_000_000).unwrap())
+            .allow_burst(NonZeroU32::new(7).unwrap());
+        assert_eq!(Params::new(&quota).quota(), quota);
     }
 
     #[test]
@@ -467,7 +654,7 @@ mod params_tests {
             ] {
                 let expected = u32::try_from(nanos / params.interval).unwrap_or(u32::MAX);
                 assert_eq!(
-                    params.units(nanos),
+                    params.units(Span::nanos(nanos)),
                     expected,
                     "{nanos} / {}",
                     params.interval

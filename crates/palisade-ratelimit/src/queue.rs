@@ -28,6 +28,7 @@ struct Inner {
 #[derive(Debug)]
 struct Entry {
     ticket: u64,
+    cost: u32,
     waker: Option<Waker>,
 }
 
@@ -47,12 +48,13 @@ impl Queue {
         self.waiting.load(Ordering::Acquire)
     }
 
-    fn join(&self) -> u64 {
+    fn join(&self, cost: u32) -> u64 {
         let mut inner = self.lock();
         let ticket = inner.next_ticket;
         inner.next_ticket += 1;
         inner.entries.push_back(Entry {
             ticket,
+            cost,
             waker: None,
         });
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -75,6 +77,16 @@ impl Queue {
         }
         debug_assert!(false, "a waiter polled after leaving the queue");
         false
+    }
+
+    /// The cost of the entries ahead of `ticket`.
+    fn cost_ahead(&self, ticket: u64) -> u64 {
+        self.lock()
+            .entries
+            .iter()
+            .take_while(|entry| entry.ticket != ticket)
+            .map(|entry| u64::from(entry.cost))
+            .sum()
     }
 
     fn leave(&self, ticket: u64) {
@@ -112,15 +124,20 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    pub(crate) fn join(shared: &Arc<Shared>) -> Self {
+    pub(crate) fn join(shared: &Arc<Shared>, cost: u32) -> Self {
         Self {
-            ticket: shared.queue.join(),
+            ticket: shared.queue.join(cost),
             shared: Arc::clone(shared),
         }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The cost of the waiters ahead of this one.
+    pub(crate) fn cost_ahead(&self) -> u64 {
+        self.shared.queue.cost_ahead(self.ticket)
     }
 
     /// Whether this waiter is at the front; either way it is woken when that may change.

@@ -14,7 +14,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 ///
 /// How the algorithms read it:
 ///
-/// - **GCRA** and **token bucket** replenish evenly, one unit every `window / count`, and hold
+/// - **GCRA** and **token bucket** replenish evenly, one unit every `window / count` (exactly:
+///   fractions of a nanosecond are kept, so `count` per `window` holds however large the
+///   count, e.g. a byte rate with each request's length as its cost), and hold
 ///   at most `burst` units (by default `count`): after a quiet spell, `burst` units go through
 ///   at once. [`allow_burst`](Self::allow_burst) sets it higher or lower.
 /// - The **window** algorithms admit `count` units per window and ignore `burst`.
@@ -54,7 +56,8 @@ pub enum QuotaError {
     /// A window longer than [`MAX_WINDOW`].
     #[error("a quota's window must be at most {MAX_WINDOW:?}, got {0:?}")]
     WindowTooLong(Duration),
-    /// More than one unit per nanosecond.
+    /// More than one unit per nanosecond. No longer returned: the limiters keep every rate
+    /// exactly, fractions of a nanosecond included.
     #[error("{count} units per {window:?} is more than one per nanosecond")]
     RateTooHigh {
         /// The count given.
@@ -98,7 +101,7 @@ impl Quota {
     /// # Errors
     ///
     /// [`QuotaError::ZeroWindow`] for a zero window, [`QuotaError::WindowTooLong`] beyond
-    /// [`MAX_WINDOW`], [`QuotaError::RateTooHigh`] for more than one unit per nanosecond.
+    /// [`MAX_WINDOW`]. Any count is fine, more than one unit per nanosecond included.
     pub const fn new(count: NonZeroU32, window: Duration) -> Result<Self, QuotaError> {
         if window.is_zero() {
             return Err(QuotaError::ZeroWindow);
@@ -106,21 +109,22 @@ impl Quota {
         if window.as_nanos() > MAX_WINDOW.as_nanos() {
             return Err(QuotaError::WindowTooLong(window));
         }
-        if window.as_nanos() < count.get() as u128 {
-            return Err(QuotaError::RateTooHigh {
-                count: count.get(),
-                window,
-            });
-        }
         Ok(Self::trusted(count, window))
     }
 
+    /// A quota from a count and a window [`new`](Self::new) accepts (the constructors'
+    /// windows all are).
     const fn trusted(count: NonZeroU32, window: Duration) -> Self {
         Self {
             count,
             window,
             burst: count,
         }
+    }
+
+    /// A quota from parts taken from a valid quota.
+    pub(crate) const fn from_parts(count: NonZeroU32, window: Duration, burst: NonZeroU32) -> Self {
+        Self::trusted(count, window).allow_burst(burst)
     }
 
     /// Holds up to `burst` units: that many can go through at once after a quiet spell
@@ -147,7 +151,8 @@ impl Quota {
         self.burst.get()
     }
 
-    /// The time one unit takes to replenish: `window / count`, at least a nanosecond.
+    /// The time one unit takes to replenish, `window / count`, rounded down to whole
+    /// nanoseconds (at least one). The limiters do not round: they keep the exact rate.
     pub const fn replenish_interval(&self) -> Duration {
         Duration::from_nanos(self.interval_nanos())
     }

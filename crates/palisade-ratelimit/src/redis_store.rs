@@ -16,17 +16,23 @@ use tokio::time::Instant;
 use crate::decision::{InsufficientCapacity, Limited, Refusal, Snapshot, StoreUnavailable};
 use crate::event::RateLimitEvent;
 use crate::keyed::KeyedRateLimiter;
-use crate::limiter::Params;
+use crate::limiter::{MAX_CAPACITY, Params, Span};
 use crate::quota::Quota;
 
 /// The Lua script a [`RedisRateLimiter`] runs: GCRA on the server's clock (`TIME`, in
 /// microseconds), so every process shares one limit whatever its own clock says.
 ///
-/// `KEYS[1]`: the key. `ARGV`: the interval, the capacity (`burst × interval`), both in
-/// microseconds, and the cost. The key holds the theoretical arrival time of the next unit
-/// and expires when the limit is full again, so idle keys cost Redis nothing.
+/// `KEYS[1]`: the key. `ARGV`: the interval in whole microseconds, the capacity (`burst ×
+/// interval`) in whole microseconds, the cost; then, optionally (0, 0, 0 and 1 if absent), the
+/// fractions that keep the rate exact, in `1 / denominator` of a microsecond: the check's
+/// increment beyond `cost × interval` (as whole microseconds and a fraction), the capacity's
+/// fraction and the denominator. The key holds the theoretical arrival time of the next
+/// unit (`microseconds:fraction`) and expires when the limit is full again, so idle keys
+/// cost Redis nothing.
 ///
-/// Returns `{admitted, retry_after_us, used_us}`.
+/// Returns `{1, used_fraction, used_us}` when admitted (the time now taken, in whole
+/// microseconds and a fraction: with no fractions given, `{1, 0, used_us}`), and
+/// `{0, retry_after_us, used_us}` (both rounded up) when refused.
 ///
 /// Public so operators can read what runs on their server (and benches can call it bare).
 pub const REDIS_GCRA_SCRIPT: &str = r"
@@ -35,17 +41,75 @@ local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local used = tat - now + cost * interval
-if used > capacity then
-  return {0, used - capacity, tat - now}
+local extra = tonumber(ARGV[4] or '0')
+local extra_frac = tonumber(ARGV[5] or '0')
+local capacity_frac = tonumber(ARGV[6] or '0')
+local den = tonumber(ARGV[7] or '1')
+local tat, tat_frac = now, 0
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local t, f = string.match(stored, '^(%d+):?(%d*)$')
+  t = tonumber(t) or 0
+  f = math.min(tonumber(f) or 0, den - 1)
+  if t > now or (t == now and f > 0) then tat, tat_frac = t, f end
+end
+local used = tat - now + cost * interval + extra
+local used_frac = tat_frac + extra_frac
+if used_frac >= den then used, used_frac = used + 1, used_frac - den end
+local ahead = tat - now
+if tat_frac > 0 then ahead = ahead + 1 end
+if used > capacity or (used == capacity and used_frac > capacity_frac) then
+  local retry, retry_frac = used - capacity, used_frac - capacity_frac
+  if retry_frac < 0 then retry, retry_frac = retry - 1, retry_frac + den end
+  if retry_frac > 0 then retry = retry + 1 end
+  return {0, retry, ahead}
 end
 if cost > 0 then
-  redis.call('SET', KEYS[1], string.format('%d', now + used), 'PX', math.ceil(used / 1000))
+  local reset = used
+  if used_frac > 0 then reset = used + 1 end
+  redis.call('SET', KEYS[1], string.format('%d:%d', now + used, used_frac), 'PX', math.ceil(reset / 1000))
 end
-return {1, 0, used}
+return {1, used_frac, used}
 ";
+
+/// The script's arguments for a quota: its rate in microseconds, exactly (see
+/// [`REDIS_GCRA_SCRIPT`]).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    /// `window / count`, in whole microseconds.
+    interval_us: u64,
+    /// `window mod (1000 × count)`: the interval's fraction, in `1 / den` µs.
+    remainder: u64,
+    capacity_us: u64,
+    capacity_frac: u64,
+    /// `1000 × count`.
+    den: u64,
+}
+
+impl Rate {
+    fn new(params: &Params) -> Self {
+        let den = 1_000 * u64::from(params.count);
+        let capacity = u128::from(params.burst) * u128::from(params.window);
+        let max = u128::from(MAX_CAPACITY / 1_000) * u128::from(den);
+        let capacity = capacity.min(max);
+        Self {
+            interval_us: params.window / den,
+            remainder: params.window % den,
+            // At most `MAX_CAPACITY / 1000` and below `den`.
+            capacity_us: (capacity / u128::from(den)) as u64,
+            capacity_frac: (capacity % u128::from(den)) as u64,
+            den,
+        }
+    }
+
+    /// The increment of `cost` beyond `cost × interval_us`: whole microseconds and a fraction.
+    fn extra(&self, cost: u32) -> (u64, u64) {
+        let extra = u128::from(cost) * u128::from(self.remainder);
+        let den = u128::from(self.den);
+        // Below 2³² × `interval`'s fraction, far below 2⁶⁴; and below `den`.
+        ((extra / den) as u64, (extra % den) as u64)
+    }
+}
 
 /// What a [`RedisRateLimiter`] does while Redis cannot be reached or fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -143,8 +207,7 @@ struct Inner {
     backoff: Backoff,
     script: Script,
     prefix: String,
-    interval_us: u64,
-    capacity_us: u64,
+    rate: Rate,
     params: Params,
     on_unavailable: OnUnavailable,
     local: KeyedRateLimiter<String>,
@@ -274,7 +337,6 @@ impl RedisRateLimiterBuilder {
                 self.quota.replenish_interval(),
             ));
         }
-        let interval_us = params.interval / 1_000;
         let local = KeyedRateLimiter::new(self.quota);
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
@@ -289,8 +351,7 @@ impl RedisRateLimiterBuilder {
                 backoff: self.backoff,
                 script: Script::new(REDIS_GCRA_SCRIPT),
                 prefix: self.prefix,
-                interval_us,
-                capacity_us: interval_us * u64::from(self.quota.burst()),
+                rate: Rate::new(&params),
                 params,
                 on_unavailable: self.on_unavailable,
                 local,
@@ -354,26 +415,25 @@ impl RedisRateLimiter {
     async fn remote(&self, key: &str, cost: u32) -> Result<Result<Snapshot, Refusal>, Unreachable> {
         let inner = &*self.inner;
         let mut connection = self.connection().await?;
+        let (extra_us, extra_frac) = inner.rate.extra(cost);
         let answer: Result<(u8, u64, u64), RedisError> = inner
             .script
             .key(format!("{}{key}", inner.prefix))
-            .arg(inner.interval_us)
-            .arg(inner.capacity_us)
+            .arg(inner.rate.interval_us)
+            .arg(inner.rate.capacity_us)
             .arg(cost)
+            .arg(extra_us)
+            .arg(extra_frac)
+            .arg(inner.rate.capacity_frac)
+            .arg(inner.rate.den)
             .invoke_async(&mut connection)
             .await;
         match answer {
-            Ok((admitted, retry_after_us, used_us)) => {
-                let snapshot = self.snapshot(used_us);
-                Ok(if admitted == 1 {
-                    Ok(snapshot)
-                } else {
-                    Err(Refusal::Limited(Limited {
-                        snapshot,
-                        retry_after_nanos: retry_after_us.saturating_mul(1_000),
-                    }))
-                })
-            }
+            Ok((1, used_frac, used_us)) => Ok(Ok(self.snapshot(used_us, used_frac))),
+            Ok((_, retry_after_us, used_us)) => Ok(Err(Refusal::Limited(Limited {
+                snapshot: self.snapshot(used_us, 0),
+                retry_after_nanos: retry_after_us.saturating_mul(1_000),
+            }))),
             Err(error) => {
                 if error.is_io_error()
                     || error.is_timeout()
@@ -387,16 +447,26 @@ impl RedisRateLimiter {
         }
     }
 
-    fn snapshot(&self, used_us: u64) -> Snapshot {
+    /// The snapshot with `used_us` and `used_frac / den` microseconds of the capacity taken.
+    fn snapshot(&self, used_us: u64, used_frac: u64) -> Snapshot {
         let inner = &*self.inner;
-        let used = used_us.saturating_mul(1_000).min(inner.params.capacity);
+        let params = &inner.params;
+        // `den` is `1000 × count`: `used_frac / den` µs is `used_frac / count` ns.
+        let count = u64::from(params.count);
+        let used_frac = used_frac.min(inner.rate.den - 1);
+        let used = Span {
+            ns: used_us
+                .saturating_mul(1_000)
+                .saturating_add(used_frac / count),
+            // Below `count`.
+            frac: (used_frac % count) as u32,
+        }
+        .min(params.capacity);
         Snapshot {
-            limit: inner.params.policy_limit(),
-            remaining: inner
-                .params
-                .units(inner.params.capacity.saturating_sub(used)),
-            window_nanos: inner.params.policy_window(),
-            reset_nanos: used,
+            limit: params.policy_limit(),
+            remaining: params.units(params.sub(params.capacity, used)),
+            window_nanos: params.policy_window(),
+            reset_nanos: used.ceil(),
         }
     }
 
@@ -486,7 +556,7 @@ impl RedisRateLimiter {
         }
         let decision = match inner.on_unavailable {
             OnUnavailable::Local => inner.local.check_n(key.to_owned(), cost),
-            OnUnavailable::FailOpen => Ok(self.snapshot(0)),
+            OnUnavailable::FailOpen => Ok(self.snapshot(0, 0)),
             OnUnavailable::FailClosed => Err(Refusal::StoreUnavailable(StoreUnavailable {
                 overloaded: Overloaded::new(),
             })),

@@ -25,6 +25,20 @@ fn steps(window: u64, max_cost: u32) -> impl Strategy<Value = Vec<Step>> {
     proptest::collection::vec(step, 1..120)
 }
 
+/// Quotas whose interval (`window / count`) is a few nanoseconds and rarely whole: where
+/// rounding it would show.
+fn fast_quota() -> impl Strategy<Value = Quota> {
+    (1u64..20_000)
+        .prop_flat_map(|window| (Just(window), 1..=window))
+        .prop_map(|(window, count)| {
+            Quota::new(
+                NonZeroU32::new(u32::try_from(count).unwrap()).unwrap(),
+                Duration::from_nanos(window),
+            )
+            .unwrap()
+        })
+}
+
 fn quota() -> impl Strategy<Value = Quota> {
     (1u32..8, 1u64..5_000, 1u32..10).prop_map(|(count, window_us, burst)| {
         Quota::new(
@@ -94,12 +108,15 @@ fn units(admitted: &[(u64, u32)], from: u64, to: u64) -> u64 {
         .sum()
 }
 
-/// GCRA and token bucket: over any interval `[a, b]`, at most `burst + (b - a) / interval`.
+/// GCRA and token bucket: over any interval `[a, b]`, at most `burst + (b - a) · count /
+/// window` (from the quota's definition, not from the rounded `replenish_interval`).
 fn assert_continuous_bound(quota: Quota, admitted: &[(u64, u32)]) {
-    let interval = u64::try_from(quota.replenish_interval().as_nanos()).unwrap();
+    let window = u128::from(window_nanos(quota));
+    let count = u128::from(quota.count());
     for (i, &(a, _)) in admitted.iter().enumerate() {
         for &(b, _) in &admitted[i..] {
-            let bound = u64::from(quota.burst()) + (b - a) / interval;
+            let rate = u128::from(b - a) * count / window;
+            let bound = u64::from(quota.burst()) + u64::try_from(rate).unwrap();
             let got = units(admitted, a, b);
             assert!(got <= bound, "{got} units in [{a}, {b}], bound {bound}");
         }
@@ -150,6 +167,23 @@ proptest! {
         (quota, steps) in quota().prop_flat_map(|q| (Just(q), steps(window_nanos(q), q.burst() + 1)))
     ) {
         assert_continuous_bound(quota, &run(quota, Algorithm::TokenBucket, &steps));
+    }
+
+    #[test]
+    fn gcra_keeps_the_exact_rate_when_the_interval_is_a_fraction_of_a_nanosecond_off(
+        (quota, steps) in fast_quota().prop_flat_map(|q| (Just(q), steps(window_nanos(q) * 4, q.burst())))
+    ) {
+        assert_continuous_bound(quota, &run(quota, Algorithm::Gcra, &steps));
+        gcra_against_model(quota, &steps);
+    }
+
+    #[test]
+    fn token_bucket_keeps_the_exact_rate_when_the_interval_is_a_fraction_of_a_nanosecond_off(
+        (quota, steps) in fast_quota().prop_flat_map(|q| (Just(q), steps(window_nanos(q) * 4, q.burst())))
+    ) {
+        let admitted = run(quota, Algorithm::TokenBucket, &steps);
+        assert_continuous_bound(quota, &admitted);
+        prop_assert_eq!(admitted, run(quota, Algorithm::Gcra, &steps));
     }
 
     #[test]
@@ -210,23 +244,29 @@ proptest! {
 }
 
 /// GCRA as the ITU virtual-scheduling algorithm, weighted: a check of `n` conforms iff
-/// `now >= TAT + n·T - burst·T`; then `TAT = max(TAT, now) + n·T`.
+/// `now >= TAT + n·T - burst·T`; then `TAT = max(TAT, now) + n·T`, with `T = window / count`
+/// exactly: the model keeps time in `1 / count` nanoseconds. Times it reports are rounded up
+/// to whole nanoseconds.
 struct Model {
     tat: i128,
-    interval: i128,
-    capacity: i128,
+    count: i128,
+    window: i128,
+    burst: i128,
 }
 
 impl Model {
     fn check(&mut self, now: i128, cost: u32) -> Result<(u32, i128), i128> {
-        let increment = i128::from(cost) * self.interval;
-        let earliest = self.tat + increment - self.capacity;
+        let ceil = |scaled: i128| (scaled + self.count - 1).div_euclid(self.count);
+        let now = now * self.count;
+        let increment = i128::from(cost) * self.window;
+        let capacity = self.burst * self.window;
+        let earliest = self.tat + increment - capacity;
         if now < earliest {
-            return Err(earliest - now);
+            return Err(ceil(earliest - now));
         }
         self.tat = self.tat.max(now) + increment;
-        let remaining = (now + self.capacity - self.tat) / self.interval;
-        Ok((u32::try_from(remaining).unwrap(), self.tat - now))
+        let remaining = (now + capacity - self.tat) / self.window;
+        Ok((u32::try_from(remaining).unwrap(), ceil(self.tat - now)))
     }
 }
 
@@ -239,11 +279,11 @@ fn gcra_against_model(quota: Quota, steps: &[Step]) {
     runtime.block_on(async {
         let start = tokio::time::Instant::now();
         let limiter = RateLimiter::new(quota);
-        let interval = i128::try_from(quota.replenish_interval().as_nanos()).unwrap();
         let mut model = Model {
             tat: 0,
-            interval,
-            capacity: interval * i128::from(quota.burst()),
+            count: i128::from(quota.count()),
+            window: i128::try_from(quota.window().as_nanos()).unwrap(),
+            burst: i128::from(quota.burst()),
         };
         for step in steps {
             match *step {
@@ -282,6 +322,65 @@ fn gcra_against_model(quota: Quota, steps: &[Step]) {
     });
 }
 
+/// Checks `cost` every millisecond for `seconds` (after taking the burst): the units admitted.
+fn admitted_over(quota: Quota, algorithm: Algorithm, cost: u32, seconds: u64) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let limiter = RateLimiter::with_algorithm(quota, algorithm).unwrap();
+        let mut admitted = 0;
+        for _ in 0..=seconds * 1_000 {
+            while limiter.check_n(cost).is_ok() {
+                admitted += u64::from(cost);
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        admitted
+    })
+}
+
+#[test]
+fn a_large_count_is_admitted_at_its_exact_rate_not_at_the_rounded_interval() {
+    // 700 000 000 per second: an interval of 1.43 ns, which rounded down to 1 ns admitted
+    // 1e9 per second.
+    let quota = Quota::per_second(NonZeroU32::new(700_000_000).unwrap());
+    for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket] {
+        let admitted = admitted_over(quota, algorithm, 700_000, 2);
+        // The burst, then 700 000 per millisecond.
+        assert_eq!(admitted, 700_000_000 + 2_000 * 700_000, "{algorithm:?}");
+    }
+}
+
+#[test]
+fn a_byte_rate_admits_its_bytes_per_second_exactly() {
+    // 300 MB/s with a cost of the body's length: an interval of 3.33 ns (3 ns admitted
+    // 333 MB/s).
+    let quota = Quota::per_second(NonZeroU32::new(300_000_000).unwrap())
+        .allow_burst(NonZeroU32::new(3_000_000).unwrap());
+    for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket] {
+        let admitted = admitted_over(quota, algorithm, 300_000, 3);
+        assert_eq!(admitted, 3_000_000 + 3_000 * 300_000, "{algorithm:?}");
+    }
+}
+
+#[test]
+fn a_quota_above_one_per_nanosecond_is_exact_and_reads_back_without_panicking() {
+    let quota = Quota::per_second(NonZeroU32::new(2_000_000_000).unwrap());
+    let limiter = RateLimiter::new(quota);
+    assert_eq!(limiter.quota(), quota);
+    let layer = palisade_ratelimit::RateLimitLayer::new(quota);
+    assert_eq!(layer.handle().quota(), quota);
+    assert!(format!("{layer:?}").contains("2000000000"));
+    assert!(Quota::new(NonZeroU32::new(10).unwrap(), Duration::from_nanos(5)).is_ok());
+    assert_eq!(
+        admitted_over(quota, Algorithm::Gcra, 2_000_000, 1),
+        2_000_000_000 + 1_000 * 2_000_000
+    );
+}
+
 #[test]
 fn per_second_means_n_per_second_not_one_every_n_seconds() {
     let quota = Quota::per_second(NonZeroU32::new(10).unwrap());
@@ -307,10 +406,6 @@ fn invalid_quotas_are_typed_errors() {
     assert!(matches!(
         Quota::new(nz(1), Duration::from_secs(400 * 24 * 3600)),
         Err(QuotaError::WindowTooLong(_))
-    ));
-    assert!(matches!(
-        Quota::new(nz(10), Duration::from_nanos(5)),
-        Err(QuotaError::RateTooHigh { .. })
     ));
     assert!(matches!(
         RateLimiter::with_algorithm(Quota::per_hour(nz(1_000_000)), Algorithm::SlidingWindowLog),

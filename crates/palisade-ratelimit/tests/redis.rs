@@ -170,3 +170,24 @@ async fn an_unreachable_redis_from_the_start_falls_back_at_once() {
     ));
     assert_eq!(limiter.unavailable_count(), 2);
 }
+
+#[tokio::test]
+async fn redis_keeps_fractions_of_a_microsecond_so_the_rate_is_exact() {
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
+    // 3 per second: a unit every 333 333.33 µs, which in whole microseconds was 333 333 (and
+    // a capacity of 999 999 µs).
+    let quota = Quota::per_second(NonZeroU32::new(3).unwrap());
+    let limiter = builder(&redis, quota, "exact:").build().unwrap();
+
+    // Fresh keys: what a check takes does not depend on when it runs.
+    let two = limiter.check_n("two", 2).await.decision().unwrap();
+    assert_eq!(two.reset(), Duration::from_nanos(666_666_667));
+    assert_eq!(two.remaining(), 1);
+
+    let three = limiter.check_n("three", 3).await.decision().unwrap();
+    assert_eq!(three.reset(), Duration::from_secs(1));
+    assert_eq!(three.remaining(), 0);
+    assert!(!limiter.check("three").await.is_admitted());
+}

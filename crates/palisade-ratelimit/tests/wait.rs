@@ -157,6 +157,32 @@ async fn a_waiter_behind_others_is_refused_at_its_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiter_refused_behind_others_with_capacity_free_retries_after_the_queue_ahead() {
+    let config = RateLimitConfig::builder(Quota::per_minute(NonZeroU32::new(1).unwrap()))
+        .wait_up_to(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::new(config);
+    let handle = layer.handle();
+    let mut service = layer.layer(tower::service_fn(|n: u32| ready(Ok::<_, Infallible>(n))));
+    service.ready().await.unwrap().call(0).await.unwrap();
+
+    let mut first = spawn(service.ready().await.unwrap().call(1));
+    assert_pending!(first.poll());
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let mut second = spawn(service.ready().await.unwrap().call(2));
+    assert_pending!(second.poll());
+
+    // At `second`'s deadline (120 s) the unit is free, but `first`, ahead of it, takes it:
+    // not `Retry-After: 0`, but the minute the next unit takes.
+    tokio::time::advance(Duration::from_secs(90)).await;
+    assert_eq!(handle.snapshot().remaining(), 1);
+    let error = assert_ready!(second.poll()).unwrap_err();
+    assert_eq!(retry_after(&error), Duration::from_secs(60));
+    drop(first);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_takes_nothing_and_an_admitted_one_is_charged_once() {
     let (mut service, handle) = service(Duration::from_secs(10));
     service.ready().await.unwrap().call(0).await.unwrap();
