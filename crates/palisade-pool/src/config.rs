@@ -241,7 +241,9 @@ impl PoolConfigBuilder {
 
     /// How long a call may wait for a permit before it is rejected (default 1 s).
     ///
-    /// Waiting with a timeout needs a tokio runtime with its timer enabled.
+    /// Waiting with a timeout needs a tokio runtime with its timer enabled. A timeout too
+    /// long for the clock to represent (such as [`Duration::MAX`]) means no timeout, like
+    /// [`no_queue_timeout`](Self::no_queue_timeout).
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.queue_timeout = Some(timeout);
         self

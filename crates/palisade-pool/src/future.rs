@@ -132,10 +132,11 @@ impl<F, S, R> Gate<F, S, R> {
                 // its next `poll_ready` readies.
                 let clone = inner.clone();
                 let ready = mem::replace(inner, clone);
+                // A timeout too long for the clock to reach is no timeout.
                 let deadline = pool
                     .config()
                     .queue_timeout
-                    .map(|timeout| Instant::now() + timeout);
+                    .and_then(|timeout| Instant::now().checked_add(timeout));
                 Gate::Waiting {
                     wait: Some(Box::new(Wait {
                         waiter,

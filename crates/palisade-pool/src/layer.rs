@@ -31,7 +31,7 @@ impl ConcurrencyPoolLayer {
     /// A pool configured by `config`, every request at the default priority.
     pub fn new(config: PoolConfig) -> Self {
         Self {
-            pool: Arc::new(Pool::new(config)),
+            pool: Pool::new(config),
             prioritize: DefaultPriority,
             partition: NoPartition,
         }

@@ -9,7 +9,8 @@
 //!
 //! - **admits per request**: `poll_ready` is the inner service's and reserves nothing; a
 //!   call takes its permit in `call`, with one compare-exchange when the pool has room and
-//!   nobody waits (no lock, no allocation, no clock);
+//!   nobody waits, and gives it back with another (no lock, no allocation, no clock; and
+//!   without a listener, an adaptive limit or partitions, no reference count either);
 //! - **queues by priority**: a full pool queues calls, lower [`Priority`] numbers first
 //!   (0 to 255, default 5), first come first served within a priority, or last come first
 //!   served ([`Order::Lifo`]); with [aging](PoolConfigBuilder::aging) a waiter gains a level

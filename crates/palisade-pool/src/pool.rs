@@ -1,10 +1,11 @@
 //! The pool's shared state: one atomic word for the uncontended path, a locked queue for the
 //! rest.
 //!
-//! The word holds the calls in flight (low 32 bits), the limit (next 31 bits) and a flag
-//! saying that the queue has waiters (top bit). While the flag is clear, admitting a call is
-//! one compare-exchange that raises the in-flight count below the limit, and releasing it one
-//! subtraction: no lock, no allocation, no clock. The flag is set and cleared only under the
+//! The word holds the calls in flight (low 31 bits), a flag saying that the pool is gone (bit
+//! 31), the limit (next 31 bits) and a flag saying that the queue has waiters (top bit). While
+//! the waiters flag is clear, admitting a call is one compare-exchange that raises the
+//! in-flight count below the limit, and releasing it one compare-exchange (or subtraction)
+//! that lowers it: no lock, no allocation, no clock. The flag is set and cleared only under the
 //! queue's lock; while it is set, every admission goes through the lock, so nobody overtakes
 //! the waiters, and every release hands its permit to the next waiter (or, if the limit was
 //! lowered, retires it).
@@ -15,9 +16,31 @@
 //! A partitioned pool keeps one queue (a "lane") per partition and counts each lane's calls in
 //! flight under the lock. Its waiters flag is set for good, so every admission and every
 //! release of a partitioned pool goes through the lock, and the word changes only there.
+//!
+//! # Permits without a reference count
+//!
+//! Cloning and dropping an `Arc` per call would add two shared read-modify-writes to the one
+//! compare-exchange that admits a call and the one that releases it. So the word lives in a
+//! [`Core`] at a `'static` address, and a permit of a *lean* pool (no adaptive limit, no
+//! partitions, no listener: nothing to do on release but give the permit back) holds only
+//! `&'static Core`. The core is allocated once and, when its pool is gone and nothing is in
+//! flight, kept for the next pool (in the manner of `palisade-shutdown`'s in-flight
+//! counters). Which of the two comes last decides, on the word itself:
+//!
+//! - the pool's `Drop` (its last owner: layer, service, handle or waiter) sets the
+//!   *orphaned* bit; if nothing was in flight, it recycles the core;
+//! - a lean permit gives its permit back with a compare-exchange that is its last access to
+//!   the core; if that took the last call of an orphaned pool, it recycles the core.
+//!
+//! Once orphaned, nothing raises the count (only owners admit calls or wait for a permit), so
+//! exactly one of them recycles the core, and only when no permit refers to it. A lean
+//! permit that finds calls waiting takes the slow path while it still counts (so the core is
+//! still its pool's): it upgrades the core's weak reference to the pool and releases through
+//! it; if the pool is gone, nobody waits any more, and it only gives the permit back. Permits
+//! of the other pools hold an `Arc` of the pool, as their release needs it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -32,7 +55,10 @@ use crate::event::{PoolEvent, ShedReason};
 use crate::priority::Priority;
 use crate::queue::{Key, Look, Queue};
 
-const IN_FLIGHT: u64 = 0xFFFF_FFFF;
+/// In flight: at most the limit, so 31 bits are enough.
+const IN_FLIGHT: u64 = 0x7FFF_FFFF;
+/// The pool is gone; the last permit given back recycles the core.
+const ORPHANED: u64 = 1 << 31;
 const LIMIT_SHIFT: u32 = 32;
 const LIMIT: u64 = 0x7FFF_FFFF << LIMIT_SHIFT;
 /// Admissions go through the lock: calls wait, or the pool is partitioned.
@@ -51,12 +77,121 @@ const fn limit(word: u64) -> u32 {
     ((word & LIMIT) >> LIMIT_SHIFT) as u32
 }
 
-pub(crate) struct Pool {
+/// What a lean permit reaches: the pool's word, at a `'static` address (see the module docs).
+#[repr(align(128))]
+pub(crate) struct Core {
     state: AtomicU64,
+    /// The pool, for a lean permit that finds calls waiting; dangling once the pool is gone.
+    pool: Mutex<Weak<Pool>>,
+    /// How many times this core was recycled (tests check it happens exactly once per pool).
+    #[cfg(test)]
+    recycled: std::sync::atomic::AtomicU32,
+}
+
+/// Cores whose pools are gone and that no permit refers to.
+static SPARE_CORES: Mutex<Vec<&'static Core>> = Mutex::new(Vec::new());
+
+impl Core {
+    /// A core for a new pool, with the word `state`: a spare one, or a new one.
+    fn acquire(state: u64, pool: Weak<Pool>) -> &'static Core {
+        let spare = SPARE_CORES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match spare {
+            Some(core) => {
+                // Nothing refers to it any more: only its word and its pool need setting.
+                core.state.store(state, Ordering::Release);
+                *core.pool.lock().unwrap_or_else(PoisonError::into_inner) = pool;
+                core
+            }
+            None => Box::leak(Box::new(Core {
+                state: AtomicU64::new(state),
+                pool: Mutex::new(pool),
+                #[cfg(test)]
+                recycled: std::sync::atomic::AtomicU32::new(0),
+            })),
+        }
+    }
+
+    /// Keeps the core for the next pool: its pool is gone and nothing is in flight.
+    #[cold]
+    fn recycle(&'static self) {
+        *self.pool.lock().unwrap_or_else(PoisonError::into_inner) = Weak::new();
+        #[cfg(test)]
+        self.recycled.fetch_add(1, Ordering::Relaxed);
+        SPARE_CORES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(self);
+    }
+
+    /// Gives a lean permit back: one compare-exchange, the permit's last access to the core,
+    /// unless calls wait.
+    #[inline]
+    fn release(&'static self) {
+        let mut word = self.state.load(Ordering::Relaxed);
+        loop {
+            if word & WAITERS != 0 {
+                return self.release_to_waiters();
+            }
+            match self.state.compare_exchange_weak(
+                word,
+                word - 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = actual,
+            }
+        }
+        if word & ORPHANED != 0 && in_flight(word) == 1 {
+            self.recycle();
+        }
+    }
+
+    /// A lean permit found calls waiting: it still counts, so the core is still its pool's.
+    #[cold]
+    #[inline(never)]
+    fn release_to_waiters(&'static self) {
+        let pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        match pool {
+            // The permit goes to the next waiter; dropping `pool` may orphan the core.
+            Some(pool) => pool.release(UNTRACKED),
+            // The pool is gone, and its waiters with it (they hold it).
+            None => {
+                let previous = self.state.fetch_sub(1, Ordering::AcqRel);
+                if previous & ORPHANED != 0 && in_flight(previous) == 1 {
+                    self.recycle();
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Pool {
+    /// The word; see the module docs.
+    core: &'static Core,
     lanes: Mutex<Lanes>,
     adapter: Option<Adapter>,
     partitioned: bool,
+    /// Permits need nothing but the core: no adaptive limit, no partitions, no listener.
+    lean: bool,
     config: PoolConfig,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // From now on the count only falls; whoever takes it to zero recycles the core.
+        let previous = self.core.state.fetch_or(ORPHANED, Ordering::AcqRel);
+        if in_flight(previous) == 0 {
+            self.core.recycle();
+        }
+    }
 }
 
 /// The pool's waiters, one lane per partition (one lane in all for an unpartitioned pool; the
@@ -176,18 +311,25 @@ pub(crate) enum Enqueued {
 }
 
 impl Pool {
-    pub(crate) fn new(config: PoolConfig) -> Self {
+    pub(crate) fn new(config: PoolConfig) -> Arc<Self> {
         let partitioned = !config.partitions.is_empty();
         let flags = if partitioned { WAITERS } else { 0 };
-        Self {
-            state: AtomicU64::new(u64::from(config.limit) << LIMIT_SHIFT | flags),
+        let state = u64::from(config.limit) << LIMIT_SHIFT | flags;
+        Arc::new_cyclic(|pool| Self {
+            core: Core::acquire(state, pool.clone()),
             lanes: Mutex::new(Lanes::new(&config)),
             adapter: config
                 .adaptive
                 .map(|adaptive| Adapter::new(adaptive, config.limit)),
             partitioned,
+            lean: !partitioned && config.adaptive.is_none() && config.listener.is_none(),
             config,
-        }
+        })
+    }
+
+    #[inline]
+    fn state(&self) -> &AtomicU64 {
+        &self.core.state
     }
 
     pub(crate) fn config(&self) -> &PoolConfig {
@@ -195,11 +337,11 @@ impl Pool {
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
-        in_flight(self.state.load(Ordering::Acquire))
+        in_flight(self.state().load(Ordering::Acquire))
     }
 
     pub(crate) fn limit(&self) -> u32 {
-        limit(self.state.load(Ordering::Acquire))
+        limit(self.state().load(Ordering::Acquire))
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -259,12 +401,12 @@ impl Pool {
     /// The uncontended path: a permit if the pool has room and nobody waits.
     #[inline]
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let mut word = self.state.load(Ordering::Relaxed);
+        let mut word = self.state().load(Ordering::Relaxed);
         loop {
             if word & WAITERS != 0 || in_flight(word) >= limit(word) {
                 return None;
             }
-            match self.state.compare_exchange_weak(
+            match self.state().compare_exchange_weak(
                 word,
                 word + 1,
                 Ordering::Acquire,
@@ -274,13 +416,23 @@ impl Pool {
                 Err(actual) => word = actual,
             }
         }
+        if self.lean {
+            return Some(Permit::lean(self.core));
+        }
+        Some(self.admitted_tracked(in_flight(word) + 1))
+    }
+
+    /// The uncontended admission of a pool that is not lean: the event, and a permit that
+    /// holds the pool.
+    #[inline(never)]
+    fn admitted_tracked(self: &Arc<Self>, in_flight: u32) -> Permit {
         if self.config.listener.is_some() {
             self.emit(PoolEvent::Admitted {
                 waited: Duration::ZERO,
-                in_flight: in_flight(word) + 1,
+                in_flight,
             });
         }
-        Some(Permit::new(self, in_flight(word) + 1, UNTRACKED))
+        Permit::new(self, in_flight, UNTRACKED)
     }
 
     /// The contended path, under the lock: admit if there is room and nobody waits (in a
@@ -288,7 +440,7 @@ impl Pool {
     /// room, reject otherwise.
     pub(crate) fn enqueue(self: &Arc<Self>, priority: Priority, lane: usize) -> Enqueued {
         let mut lanes = self.lock();
-        let mut word = self.state.load(Ordering::Acquire);
+        let mut word = self.state().load(Ordering::Acquire);
         loop {
             let room = in_flight(word) < limit(word);
             if self.partitioned {
@@ -297,12 +449,12 @@ impl Pool {
                 // overtakes nobody.
                 if room && lanes.entitled(lane, limit(word), self.config.borrow) {
                     lanes.lanes[lane].in_flight += 1;
-                    self.state.fetch_add(1, Ordering::AcqRel);
+                    self.state().fetch_add(1, Ordering::AcqRel);
                     drop(lanes);
                     return self.admitted_at_once(in_flight(word) + 1, lane as u32);
                 }
             } else if room && lanes.len() == 0 {
-                match self.state.compare_exchange(
+                match self.state().compare_exchange(
                     word,
                     word + 1,
                     Ordering::AcqRel,
@@ -333,7 +485,7 @@ impl Pool {
                 break;
             }
             // Calls released from now on go through the lock and so see this waiter.
-            match self.state.compare_exchange(
+            match self.state().compare_exchange(
                 word,
                 word | WAITERS,
                 Ordering::AcqRel,
@@ -407,14 +559,14 @@ impl Pool {
     #[inline]
     fn release(&self, lane: u32) {
         if lane == UNTRACKED {
-            let previous = self.state.fetch_sub(1, Ordering::AcqRel);
+            let previous = self.state().fetch_sub(1, Ordering::AcqRel);
             if previous & WAITERS != 0 {
                 self.dispatch_and_wake(self.lock());
             }
         } else {
             let mut lanes = self.lock();
             lanes.lanes[lane as usize].in_flight -= 1;
-            self.state.fetch_sub(1, Ordering::AcqRel);
+            self.state().fetch_sub(1, Ordering::AcqRel);
             self.dispatch_and_wake(lanes);
         }
         if self.config.listener.is_some() {
@@ -474,13 +626,15 @@ impl Pool {
 
     fn swap_limit(&self, new: u32) -> u32 {
         let lanes = self.lock();
-        let mut word = self.state.load(Ordering::Acquire);
+        let mut word = self.state().load(Ordering::Acquire);
         loop {
             let next = (word & !LIMIT) | (u64::from(new) << LIMIT_SHIFT);
-            match self
-                .state
-                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.state().compare_exchange_weak(
+                word,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break,
                 Err(actual) => word = actual,
             }
@@ -511,12 +665,12 @@ impl Pool {
         loop {
             if lanes.len() == 0 {
                 if !self.partitioned {
-                    self.state.fetch_and(!WAITERS, Ordering::AcqRel);
+                    self.state().fetch_and(!WAITERS, Ordering::AcqRel);
                 }
                 return false;
             }
             // Only lock holders change the word while the waiters flag is set.
-            let word = self.state.load(Ordering::Acquire);
+            let word = self.state().load(Ordering::Acquire);
             if in_flight(word) >= limit(word) {
                 return false;
             }
@@ -531,7 +685,7 @@ impl Pool {
                 if self.partitioned {
                     lanes.lanes[lane].in_flight += 1;
                 }
-                self.state.fetch_add(1, Ordering::AcqRel);
+                self.state().fetch_add(1, Ordering::AcqRel);
                 wakers.push(waker);
             }
         }
@@ -540,7 +694,7 @@ impl Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let word = self.state.load(Ordering::Acquire);
+        let word = self.state().load(Ordering::Acquire);
         f.debug_struct("Pool")
             .field("name", &self.config.name)
             .field("in_flight", &in_flight(word))
@@ -553,11 +707,28 @@ impl std::fmt::Debug for Pool {
 /// A call's right to run: given back when dropped (the call completed, failed, panicked or
 /// was cancelled; with `http`, its response body ended).
 pub(crate) struct Permit {
+    core: &'static Core,
+    /// What the release needs beyond the core; `None` in a lean pool (see the module docs).
+    tracked: Option<Tracked>,
+}
+
+/// The release of a permit of a pool that is not lean needs the pool.
+struct Tracked {
     pool: Arc<Pool>,
     /// The partition's lane, or `UNTRACKED`.
     lane: u32,
     /// What the adaptive limit measures; `None` without one.
     sample: Option<Sample>,
+}
+
+impl Tracked {
+    #[inline(never)]
+    fn release(&self) {
+        if let Some(sample) = &self.sample {
+            self.pool.record(sample);
+        }
+        self.pool.release(self.lane);
+    }
 }
 
 /// A call as the adaptive limit sees it.
@@ -571,24 +742,42 @@ struct Sample {
 }
 
 impl Permit {
+    /// A permit of a lean pool: the core and nothing else.
     #[inline]
+    fn lean(core: &'static Core) -> Self {
+        Self {
+            core,
+            tracked: None,
+        }
+    }
+
     fn new(pool: &Arc<Pool>, in_flight: u32, lane: u32) -> Self {
+        if pool.lean {
+            return Self::lean(pool.core);
+        }
         let sample = pool.adapter.as_ref().map(|_| Sample {
             admitted: Instant::now(),
             in_flight,
             outcome: Outcome::Ignored,
         });
         Self {
-            pool: Arc::clone(pool),
-            lane,
-            sample,
+            core: pool.core,
+            tracked: Some(Tracked {
+                pool: Arc::clone(pool),
+                lane,
+                sample,
+            }),
         }
     }
 
     /// Records how the call ended, for the adaptive limit: a success, or a failure (a drop).
     #[inline]
     pub(crate) fn set_outcome(&mut self, outcome: Outcome) {
-        if let Some(sample) = &mut self.sample {
+        if let Some(Tracked {
+            sample: Some(sample),
+            ..
+        }) = &mut self.tracked
+        {
             sample.outcome = outcome;
         }
     }
@@ -597,10 +786,10 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if let Some(sample) = &self.sample {
-            self.pool.record(sample);
+        match &self.tracked {
+            None => self.core.release(),
+            Some(tracked) => tracked.release(),
         }
-        self.pool.release(self.lane);
     }
 }
 
@@ -749,5 +938,152 @@ impl WakeList {
             }
         }
         self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::sync::Barrier;
+
+    use palisade_core::event::listener_fn;
+
+    use super::*;
+
+    /// Serialises the tests that count recycles: a core one test recycles, another may reuse.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lean_pool(limit: u32) -> Arc<Pool> {
+        let limit = NonZeroU32::new(limit).unwrap();
+        Pool::new(PoolConfig::builder(limit).build().unwrap())
+    }
+
+    fn recycled(core: &Core) -> u32 {
+        core.recycled.load(Ordering::Acquire)
+    }
+
+    fn spare_cores_are_distinct() -> bool {
+        let spare = SPARE_CORES.lock().unwrap_or_else(PoisonError::into_inner);
+        spare
+            .iter()
+            .enumerate()
+            .all(|(i, a)| spare[i + 1..].iter().all(|b| !std::ptr::eq(*a, *b)))
+    }
+
+    #[test]
+    fn a_pool_dropped_with_nothing_in_flight_hands_its_core_to_the_next_pool() {
+        let _serial = serial();
+        let pool = lean_pool(2);
+        let core = pool.core;
+        let before = recycled(core);
+        drop(pool.try_acquire().unwrap());
+        drop(pool);
+        assert_eq!(recycled(core), before + 1);
+        let next = lean_pool(3);
+        assert!(std::ptr::eq(next.core, core), "the spare core is reused");
+        assert_eq!((next.in_flight(), next.limit()), (0, 3));
+        assert_eq!(next.state().load(Ordering::Acquire) & ORPHANED, 0);
+    }
+
+    #[test]
+    fn lean_permits_keep_the_core_until_the_last_is_given_back() {
+        let _serial = serial();
+        let pool = lean_pool(2);
+        let core = pool.core;
+        let before = recycled(core);
+        let (a, b) = (pool.try_acquire().unwrap(), pool.try_acquire().unwrap());
+        assert!(
+            a.tracked.is_none(),
+            "a lean permit holds no reference count"
+        );
+        drop(pool);
+        assert_eq!(recycled(core), before);
+        drop(a);
+        assert_eq!(recycled(core), before);
+        drop(b);
+        assert_eq!(recycled(core), before + 1);
+        assert_eq!(in_flight(core.state.load(Ordering::Acquire)), 0);
+        assert!(spare_cores_are_distinct());
+    }
+
+    #[test]
+    fn permits_of_a_pool_with_a_listener_hold_the_pool() {
+        let _serial = serial();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let config = PoolConfig::builder(NonZeroU32::new(2).unwrap())
+            .listener(listener_fn({
+                let events = Arc::clone(&events);
+                move |event: &PoolEvent| events.lock().unwrap().push(*event)
+            }))
+            .build()
+            .unwrap();
+        let pool = Pool::new(config);
+        let core = pool.core;
+        let before = recycled(core);
+        let permit = pool.try_acquire().unwrap();
+        assert!(permit.tracked.is_some());
+        drop(pool);
+        assert_eq!(recycled(core), before, "the permit still holds the pool");
+        drop(permit);
+        assert_eq!(recycled(core), before + 1);
+        assert!(matches!(
+            events.lock().unwrap().last(),
+            Some(PoolEvent::Released { in_flight: 0 })
+        ));
+    }
+
+    #[test]
+    fn a_lean_permit_that_finds_the_waiters_flag_of_a_dropped_pool_only_gives_its_permit_back() {
+        let _serial = serial();
+        let pool = lean_pool(2);
+        let core = pool.core;
+        let before = recycled(core);
+        let permit = pool.try_acquire().unwrap();
+        drop(pool);
+        // The flag as a release racing with the last waiter's departure may see it.
+        core.state.fetch_or(WAITERS, Ordering::AcqRel);
+        drop(permit);
+        assert_eq!(recycled(core), before + 1);
+        assert_eq!(in_flight(core.state.load(Ordering::Acquire)), 0);
+    }
+
+    #[test]
+    fn calls_on_many_threads_as_the_pool_is_dropped_recycle_its_core_exactly_once() {
+        let _serial = serial();
+        for _ in 0..100 {
+            let pool = lean_pool(64);
+            let core = pool.core;
+            let before = recycled(core);
+            let barrier = Barrier::new(4);
+            std::thread::scope(|scope| {
+                for _ in 0..3 {
+                    let (pool, barrier) = (Arc::clone(&pool), &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let mut held = Vec::new();
+                        for n in 0..200 {
+                            if let Some(permit) = pool.try_acquire() {
+                                held.push(permit);
+                            }
+                            if n % 3 == 0 {
+                                held.pop();
+                            }
+                        }
+                        // The pool may go first: its last permits outlive it.
+                        drop(pool);
+                        drop(held);
+                    });
+                }
+                barrier.wait();
+                drop(pool);
+            });
+            assert_eq!(recycled(core), before + 1);
+            assert_eq!(in_flight(core.state.load(Ordering::Acquire)), 0);
+        }
+        assert!(spare_cores_are_distinct());
     }
 }

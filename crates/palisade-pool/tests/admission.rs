@@ -214,6 +214,29 @@ async fn a_call_that_waits_past_the_queue_timeout_is_shed_with_a_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_queue_timeout_beyond_the_clock_lets_calls_wait_as_long_as_it_takes() {
+    let log = Log::default();
+    // `now + Duration::MAX` is no instant: the call must wait, not panic.
+    let layer = pool(PoolConfig::builder(nz(1)).queue_timeout(Duration::MAX));
+    let handle = layer.handle();
+    let mut service = service(&layer, &log);
+    let (first, release) = held("first");
+    let first = spawn_call(&mut service, first).await;
+    let waiting = spawn_call(&mut service, job("patient", 5)).await;
+    settle().await;
+    assert_eq!(handle.queued(), 1);
+
+    tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+    settle().await;
+    assert!(!waiting.is_finished(), "no timeout can pass");
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), "patient");
+    assert_eq!(started(&log), ["first", "patient"]);
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_waiter_leaves_the_queue() {
     let log = Log::default();
     let layer = pool(PoolConfig::builder(nz(1)).no_queue_timeout());
@@ -317,6 +340,43 @@ async fn the_permit_is_given_back_when_the_inner_future_panics() {
     let task = spawn_call(&mut service, panicking).await;
     assert!(task.await.unwrap_err().is_panic());
     assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_outlive_their_dropped_pool_without_disturbing_a_newer_one() {
+    let log = Log::default();
+    let old = pool(PoolConfig::builder(nz(2)));
+    let mut old_service = service(&old, &log);
+    let (a, release_a) = held("a");
+    let (b, release_b) = held("b");
+    let a = spawn_call(&mut old_service, a).await;
+    let b = spawn_call(&mut old_service, b).await;
+    settle().await;
+    // Every owner of the old pool is gone; its two calls are still in flight.
+    drop((old, old_service));
+
+    let new = pool(PoolConfig::builder(nz(1)).no_queue_timeout());
+    let handle = new.handle();
+    let mut new_service = service(&new, &log);
+    let (c, release_c) = held("c");
+    let c = spawn_call(&mut new_service, c).await;
+    let d = spawn_call(&mut new_service, job("d", 5)).await;
+    settle().await;
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+
+    release_a.send(()).unwrap();
+    release_b.send(()).unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), "a");
+    assert_eq!(b.await.unwrap().unwrap(), "b");
+    settle().await;
+    // Their permits went back to their own pool, not to the new one.
+    assert_eq!((handle.in_flight(), handle.queued()), (1, 1));
+    assert_eq!(started(&log), ["a", "b", "c"]);
+
+    release_c.send(()).unwrap();
+    assert_eq!(c.await.unwrap().unwrap(), "c");
+    assert_eq!(d.await.unwrap().unwrap(), "d");
+    assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
