@@ -20,9 +20,8 @@
 //! times; default: the whole delay) and `DRAIN_DEADLINE_MS` (default 30000).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,20 +159,14 @@ async fn serve_until_done() -> u8 {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     let server = tokio::spawn(serve(listener, app, &shutdown).into_future());
 
-    // `run` listens for signals from its first poll: poll it once before telling anyone
-    // where we are, so that a SIGTERM sent at once is not missed.
-    let mut run = pin!(shutdown.run());
-    let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
-    if let Poll::Ready(Err(error)) = first {
-        eprintln!("drain-server: {error}");
-        return 2;
-    }
+    // `build` installed the signal handlers: a SIGTERM sent as soon as we say where we are
+    // is kept for `run`. The server task follows the phases `run` drives.
     match local {
         Some(local) => println!("drain-server listening addr={local}"),
         None => println!("drain-server listening addr={addr}"),
     }
 
-    let report = match run.await {
+    let report = match shutdown.run().await {
         Ok(report) => report,
         Err(error) => {
             eprintln!("drain-server: {error}");

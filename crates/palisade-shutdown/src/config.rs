@@ -157,16 +157,26 @@ impl ShutdownBuilder {
     /// shutdown while [`Shutdown::run`] runs; a second signal forces it, like a second
     /// [`trigger`](Shutdown::trigger) (feature `signal`).
     ///
-    /// The handlers are installed on the first poll of `run`: a signal that comes before
-    /// that has its default effect (SIGTERM ends the process). Poll `run` once before
-    /// announcing readiness if a signal may come at once (the `drain_server` example does).
+    /// The handlers are installed by [`build`](Self::build) when it is called inside a tokio
+    /// runtime (in `#[tokio::main]`, say): from then on a signal is kept for `run`, even one
+    /// that comes before `run` is first polled, instead of having its default effect
+    /// (SIGTERM ends the process). Built outside a runtime, the coordinator installs them on
+    /// the first poll of `run`. On platforms without Unix signals, Ctrl-C is listened to
+    /// from the first poll of `run`.
+    ///
+    /// # Panics
+    ///
+    /// `build`, or `run`, panics inside a tokio runtime whose I/O driver is not enabled,
+    /// like [`tokio::signal`]: build the runtime with `enable_all` (as `#[tokio::main]`
+    /// does).
     #[cfg(feature = "signal")]
     pub fn on_signals(mut self) -> Self {
         self.config.signals = true;
         self
     }
 
-    /// The coordinator.
+    /// The coordinator. With [`on_signals`](Self::on_signals), inside a tokio runtime, it
+    /// listens for signals from now on.
     pub fn build(self) -> Shutdown {
         Shutdown::from_parts(self.config, self.hooks)
     }

@@ -80,7 +80,7 @@ where
                 } else {
                     match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
-                        Poll::Pending if deadline.poll_passed(core, cx) => {
+                        Poll::Pending if deadline.poll_passed(in_flight, cx) => {
                             Err(ShuttingDown::new().into())
                         }
                         Poll::Pending => return Poll::Pending,

@@ -274,19 +274,24 @@ where
                 deadline,
                 http1,
             } => {
-                let Some(core) = in_flight.as_ref().map(InFlight::core) else {
+                let Some(tracked) = in_flight.as_ref() else {
                     panic!("ResponseFuture polled after it completed");
                 };
+                let core = tracked.core();
                 if Deadline::passed(core) {
                     Ok(unavailable(&ShuttingDown::new(), *http1))
                 } else {
                     match future.poll(cx) {
                         Poll::Ready(Ok(response)) => {
                             let closing = *http1 && core.phase() != RUNNING;
-                            Ok(track(response, in_flight.take(), closing))
+                            // The body keeps the deadline registration, if the call
+                            // waited: the same task usually polls it, so it need not
+                            // register again.
+                            let deadline = std::mem::take(deadline);
+                            Ok(track(response, in_flight.take(), deadline, closing))
                         }
                         Poll::Ready(Err(error)) => Err(error),
-                        Poll::Pending if deadline.poll_passed(core, cx) => {
+                        Poll::Pending if deadline.poll_passed(tracked, cx) => {
                             Ok(unavailable(&ShuttingDown::new(), *http1))
                         }
                         Poll::Pending => return Poll::Pending,
@@ -312,6 +317,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 fn track<B: Body>(
     response: Response<B>,
     in_flight: Option<InFlight>,
+    deadline: Deadline,
     closing: bool,
 ) -> Response<ShutdownBody<B>> {
     let (mut parts, body) = response.into_parts();
@@ -321,9 +327,9 @@ fn track<B: Body>(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let body = if body.is_end_stream() {
-        ShutdownBody::new(body, None)
+        ShutdownBody::new(body, None, Deadline::default())
     } else {
-        ShutdownBody::new(body, in_flight)
+        ShutdownBody::new(body, in_flight, deadline)
     };
     Response::from_parts(parts, body)
 }
@@ -355,11 +361,11 @@ pin_project! {
 }
 
 impl<B> ShutdownBody<B> {
-    fn new(inner: B, in_flight: Option<InFlight>) -> Self {
+    fn new(inner: B, in_flight: Option<InFlight>, deadline: Deadline) -> Self {
         Self {
             inner: Some(inner),
             in_flight,
-            deadline: Deadline::default(),
+            deadline,
         }
     }
 
@@ -410,28 +416,31 @@ where
         let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        let core = this.in_flight.as_ref().map(InFlight::core);
-        if core.is_some_and(Deadline::passed) {
-            return cut(this.inner, this.in_flight);
+        if this
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| Deadline::passed(in_flight.core()))
+        {
+            return cut(this.inner, this.in_flight, this.deadline);
         }
         match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if inner.is_end_stream() {
-                    *this.in_flight = None;
+                    end(this.in_flight, this.deadline);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                *this.in_flight = None;
+                end(this.in_flight, this.deadline);
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => {
-                *this.in_flight = None;
+                end(this.in_flight, this.deadline);
                 Poll::Ready(None)
             }
-            Poll::Pending => match core {
-                Some(core) if this.deadline.poll_passed(core, cx) => {
-                    cut(this.inner, this.in_flight)
+            Poll::Pending => match this.in_flight.as_ref() {
+                Some(in_flight) if this.deadline.poll_passed(in_flight, cx) => {
+                    cut(this.inner, this.in_flight, this.deadline)
                 }
                 _ => Poll::Pending,
             },
@@ -451,14 +460,22 @@ where
     }
 }
 
+/// The body's request is over: no longer in flight, nor waiting for the deadline.
+#[inline]
+fn end(in_flight: &mut Option<InFlight>, deadline: &mut Deadline) {
+    *in_flight = None;
+    deadline.release();
+}
+
 /// Ends a body at the deadline: drops the inner body and the in-flight count.
 #[cold]
 fn cut<B, D>(
     mut inner: Pin<&mut Option<B>>,
     in_flight: &mut Option<InFlight>,
+    deadline: &mut Deadline,
 ) -> Poll<Option<Result<Frame<D>, BoxError>>> {
     inner.set(None);
-    *in_flight = None;
+    end(in_flight, deadline);
     tracing::debug!("response body cut at the shutdown deadline");
     Poll::Ready(Some(Err(ShuttingDown::new().into())))
 }

@@ -26,14 +26,20 @@
 //! another thread at the very instant the drain ends may be missed; it then meets the
 //! cancelling phase at its first poll and fails with `ShuttingDown`, like a request that
 //! came a moment later.
+//!
+//! A request that **waits** (its future or body returns `Pending`) must be woken at the
+//! deadline even if nothing else ever wakes it, so the first time it waits it leaves its
+//! waker in its slot's [`Waiters`] (see [`Deadline`](crate::state::Deadline)), under the
+//! slot's own lock: the thread that started the request takes it, so it does not bounce
+//! between threads. A request that completes at its first poll never takes it.
 
 use std::cell::Cell;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Waker;
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::phase::Phase;
 
@@ -113,12 +119,14 @@ fn slot_count() -> usize {
 /// One thread's counters, alone on its cache lines (two: the prefetcher pulls pairs).
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Slot {
+pub(crate) struct Slot {
     /// Requests started on this slot less those its owner finished; written by the owner
     /// only (or, in the shared slot, with atomic adds).
     local: AtomicUsize,
     /// Requests started on this slot and finished by another thread.
     remote: AtomicUsize,
+    /// The wakers of this slot's requests that are waiting.
+    waiters: Mutex<Waiters>,
 }
 
 impl Slot {
@@ -129,11 +137,62 @@ impl Slot {
         let remote = self.remote.load(Ordering::Acquire);
         self.local.load(Ordering::Acquire).wrapping_sub(remote)
     }
+
+    /// The slot's waiting requests, locked.
+    pub(crate) fn waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-/// What in-flight requests and their bodies need: the phase, the per-thread counters, the
-/// drain's wake-up, and the deadline's token. Lives at a `'static` address; see the
-/// module docs.
+/// The wakers of waiting requests, by key: a request registers once and keeps its key
+/// until it ends, so after the first few requests no registration allocates (freed keys
+/// are reused).
+///
+/// Wakers are cloned and dropped by the callers outside the lock: either can run arbitrary
+/// code (dropping the last reference to a task drops its future, which may be a request
+/// of this very slot).
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    /// `None` for a free key, and for one whose waker was taken at the deadline.
+    wakers: Vec<Option<Waker>>,
+    /// Keys given back, taken before new ones.
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    /// Registers `waker`; its key.
+    pub(crate) fn insert(&mut self, waker: Waker) -> usize {
+        if let Some(key) = self.free.pop() {
+            self.wakers[key] = Some(waker);
+            key
+        } else {
+            self.wakers.push(Some(waker));
+            self.wakers.len() - 1
+        }
+    }
+
+    /// Replaces the waker registered under `key`; the one it replaces, to drop unlocked.
+    pub(crate) fn replace(&mut self, key: usize, waker: Waker) -> Option<Waker> {
+        self.wakers
+            .get_mut(key)
+            .and_then(|slot| slot.replace(waker))
+    }
+
+    /// Gives `key` back; its waker, to drop unlocked.
+    pub(crate) fn remove(&mut self, key: usize) -> Option<Waker> {
+        let waker = self.wakers.get_mut(key).and_then(Option::take);
+        self.free.push(key);
+        waker
+    }
+
+    /// Takes every waker, to wake them unlocked; the keys stay registered.
+    fn take_all(&mut self, into: &mut Vec<Waker>) {
+        into.extend(self.wakers.iter_mut().filter_map(Option::take));
+    }
+}
+
+/// What in-flight requests and their bodies need: the phase, the per-thread counters and
+/// waiters, and the drain's wake-up. Lives at a `'static` address; see the module docs.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Core {
@@ -141,9 +200,6 @@ pub(crate) struct Core {
     phase: AtomicU8,
     /// Woken (with a stored permit) when a request finishes during a shutdown.
     pub(crate) drained: Notify,
-    /// The coordinator's deadline token, cancelled at the drain deadline or at once on a
-    /// forced stop; read only by requests still pending during a shutdown.
-    cancel: Mutex<CancellationToken>,
     /// One slot per thread index.
     owned: Box<[Slot]>,
     /// For threads whose index is beyond `owned`, or that are exiting.
@@ -154,21 +210,18 @@ pub(crate) struct Core {
 static POOL: Mutex<Vec<&'static Core>> = Mutex::new(Vec::new());
 
 impl Core {
-    /// A core for a new coordinator, whose deadline token is `cancel`: from the pool, or
-    /// newly allocated.
-    pub(crate) fn acquire(cancel: &CancellationToken) -> &'static Core {
+    /// A core for a new coordinator: from the pool, or newly allocated.
+    pub(crate) fn acquire() -> &'static Core {
         let pooled = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
         if let Some(core) = pooled {
             // Nothing refers to it any more: its counters add up to zero, and only the
-            // phase and the token need setting.
+            // phase needs setting.
             core.phase.store(Phase::Running as u8, Ordering::Release);
-            *core.cancel.lock().unwrap_or_else(PoisonError::into_inner) = cancel.clone();
             return core;
         }
         Box::leak(Box::new(Core {
             phase: AtomicU8::new(Phase::Running as u8),
             drained: Notify::new(),
-            cancel: Mutex::new(cancel.clone()),
             owned: (0..slot_count()).map(|_| Slot::default()).collect(),
             shared: Slot::default(),
         }))
@@ -190,9 +243,11 @@ impl Core {
         self.phase.load(Ordering::Relaxed)
     }
 
-    /// Moves to `to`; the phase it left.
-    pub(crate) fn swap_phase(&self, to: Phase) -> Phase {
-        Phase::from_u8(self.phase.swap(to as u8, Ordering::AcqRel))
+    /// Moves forward to `to`; the phase it left, or `None` if the phase already was `to`
+    /// or later (phases never move backwards).
+    pub(crate) fn advance_phase(&self, to: Phase) -> Option<Phase> {
+        let from = Phase::from_u8(self.phase.fetch_max(to as u8, Ordering::AcqRel));
+        (from < to).then_some(from)
     }
 
     /// The current phase, read with an acquire load.
@@ -200,12 +255,22 @@ impl Core {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    /// The deadline token (cold: only for requests pending during a shutdown).
-    pub(crate) fn cancel_token(&self) -> CancellationToken {
-        self.cancel
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Wakes every waiting request, once the phase is [`Phase::Cancelling`]: each then
+    /// finds the deadline passed. Their keys stay registered until they end.
+    pub(crate) fn wake_waiting(&self) {
+        let mut wakers = Vec::new();
+        for slot in self.owned.iter().chain(std::iter::once(&self.shared)) {
+            slot.waiters().take_all(&mut wakers);
+        }
+        if !wakers.is_empty() {
+            tracing::debug!(
+                requests = wakers.len(),
+                "waking the requests still waiting at the deadline"
+            );
+        }
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     /// Requests in flight: started and not finished. Exact when nothing is changing; a
@@ -253,6 +318,11 @@ impl InFlight {
     pub(crate) fn core(&self) -> &'static Core {
         self.core
     }
+
+    /// The slot the request is counted on, whose waiters it joins if it waits.
+    pub(crate) fn slot(&self) -> &'static Slot {
+        self.core.owned.get(self.slot).unwrap_or(&self.core.shared)
+    }
 }
 
 impl Drop for InFlight {
@@ -284,11 +354,10 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::{Core, SHARED, slot_count};
-    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn requests_count_until_dropped_on_any_thread() {
-        let core = Core::acquire(&CancellationToken::new());
+        let core = Core::acquire();
         let here = core.start();
         let moved = core.start();
         assert_ne!(here.slot, SHARED);
@@ -306,7 +375,7 @@ mod tests {
 
     #[test]
     fn threads_beyond_the_slots_share_one() {
-        let core = Core::acquire(&CancellationToken::new());
+        let core = Core::acquire();
         let threads = slot_count() + 8;
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
         let handles: Vec<_> = (0..threads)

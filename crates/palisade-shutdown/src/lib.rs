@@ -29,8 +29,11 @@
 //!
 //! [`ShutdownLayer`] (any `Service`) and `HttpShutdownLayer` (feature `http`) count requests
 //! in flight. While running, a call costs a relaxed load of the phase and a plain update of
-//! a per-thread counter each way: no lock, no allocation, no shared read-modify-write (the
-//! drain adds the counters up). Once shutting down, HTTP/1
+//! a per-thread counter each way: no allocation, no shared read-modify-write (the drain
+//! adds the counters up), and no lock for a call that completes at its first poll. A call
+//! (or body) that waits leaves its waker with its thread's counter the first time, under
+//! that counter's own lock, so that the deadline can wake it however long it has been
+//! waiting. Once shutting down, HTTP/1
 //! responses carry `Connection: close`, and new requests are served (the default) or
 //! rejected with [`ShuttingDown`] / `503` + `Retry-After`. `CatchPanicLayer` (feature `http`)
 //! answers `500` for a handler that panics, and reports it, so one bad request does not
@@ -89,16 +92,16 @@
 //! | `serve` | `serve` (module `serve`, implies `http`): a hyper-util server, HTTP/1 and HTTP/2, that stops accepting, closes its connections gracefully (`GOAWAY` on HTTP/2) and drops them at the deadline |
 //! | `signal` | `ShutdownBuilder::on_signals`: SIGTERM and SIGINT (Ctrl-C elsewhere) trigger the shutdown |
 //!
-//! # Limits
+//! # Running the coordinator
 //!
-//! To keep the running path free of locks, a request does not register with the
-//! coordinator while it waits. A request (or body) that was already waiting when the
-//! shutdown was triggered is woken at the deadline only if it is polled at least once
-//! during the shutdown (an SSE heartbeat, any progress). One that never is ends when its
-//! connection is dropped: `serve` (feature `serve`) drops the connections still open at the
-//! deadline, within the cancel grace. Under another server, it is reported as
-//! [abandoned](ShutdownReport::abandoned) and ends when the server drops its connection or
-//! the process exits.
+//! [`Shutdown::run`] drives every phase after [`Phase::Unhealthy`]: spawn it, or join it
+//! with the server, before awaiting anything that waits for a later phase. Awaiting a
+//! server whose shutdown signal is [`Shutdown::wait_for`] and only then calling `run`
+//! never ends. With [`on_signals`](ShutdownBuilder::on_signals), the signal handlers are
+//! installed when the coordinator is built (inside a tokio runtime), so a SIGTERM that
+//! comes before `run` is first polled is kept for it instead of ending the process.
+//!
+//! # Limits
 //!
 //! Requests are counted per thread, without a shared counter, so the drain adds the
 //! counters up: at once when a request finishes during the shutdown, and every 10 ms

@@ -25,7 +25,8 @@ use crate::state::State;
 ///   starts the shutdown: health answers `503` at once. A second trigger forces the stop.
 /// - [`run`](Self::run) drives it through its [phases](Phase) (grace, stop accepting,
 ///   drain up to the deadline, cancel, hooks) and returns a [`ShutdownReport`] with an exit
-///   code. Call it once, typically at the end of `main`.
+///   code. Call it once, spawned or joined with the server: nothing waiting for a phase
+///   after [`Phase::Unhealthy`] ends while `run` is not polled.
 /// - [`layer`](Self::layer) (and `http_layer` with feature `http`) tracks requests;
 ///   [`guard`](Self::guard) and [`spawn`](Self::spawn) track long-lived work;
 ///   [`subscribe`](Self::subscribe) and [`wait_for`](Self::wait_for) let servers follow
@@ -51,38 +52,86 @@ impl Shutdown {
     }
 
     pub(crate) fn from_parts(config: Config, hooks: Vec<Hook>) -> Self {
-        Self {
+        let shutdown = Self {
             state: State::new(config, hooks),
+        };
+        shutdown.listen_for_signals();
+        shutdown
+    }
+
+    /// With [`on_signals`](ShutdownBuilder::on_signals), inside a tokio runtime: installs the
+    /// handlers now, so that a signal that comes before `run` is first polled is kept for
+    /// it instead of ending the process. Outside a runtime, `run` installs them.
+    #[cfg(feature = "signal")]
+    fn listen_for_signals(&self) {
+        if !self.state.config.signals || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        match crate::signal::Signals::new() {
+            Ok(signals) => {
+                *self
+                    .state
+                    .signals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(signals);
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot listen for shutdown signals yet: `run` tries again"
+            ),
         }
     }
+
+    #[cfg(not(feature = "signal"))]
+    #[allow(clippy::unused_self)]
+    fn listen_for_signals(&self) {}
 
     /// Starts the shutdown: the phase becomes [`Phase::Unhealthy`] at once, so the health
     /// service answers `503` from this call on, and [`run`](Self::run) proceeds. A second
     /// call forces the stop: whatever is being waited for is cut short, in-flight work is
     /// cancelled at once and the hooks not yet started are skipped. Later calls do nothing.
     pub fn trigger(&self) {
-        let mut count = 0;
-        self.state.triggers.send_modify(|n| {
-            *n = n.saturating_add(1);
-            count = *n;
-        });
+        let state = &*self.state;
+        let count = state
+            .trigger_count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1))
+            .map_or(u32::MAX, |n| n + 1);
         match count {
             1 => {
+                // Unhealthy first, then what is said about it, and only then is `run` let
+                // go: on another thread it would otherwise race ahead, and its phases could
+                // be reported before this one.
+                let from = state.core.advance_phase(Phase::Unhealthy);
                 tracing::info!("shutdown triggered");
-                self.state.emit(&ShutdownEvent::Triggered { count });
-                self.state.set_phase(Phase::Unhealthy);
+                state.emit(&ShutdownEvent::Triggered { count });
+                if let Some(from) = from {
+                    state.report_phase(from, Phase::Unhealthy);
+                }
             }
             2 => {
                 tracing::warn!("shutdown triggered again: forcing the stop");
-                self.state.emit(&ShutdownEvent::Triggered { count });
+                state.emit(&ShutdownEvent::Triggered { count });
             }
-            _ => {}
+            _ => return,
         }
+        state.triggers.send_if_modified(|published| {
+            // A second trigger that comes while the first is still reporting leaves it to
+            // the first to publish both.
+            if count > 1 && *published == 0 {
+                return false;
+            }
+            let total = state.trigger_count.load(Ordering::Acquire).min(2);
+            let advance = total > *published;
+            if advance {
+                *published = total;
+            }
+            advance
+        });
     }
 
     /// Whether the shutdown has been triggered.
     pub fn is_triggered(&self) -> bool {
-        *self.state.triggers.borrow() > 0
+        self.state.trigger_count.load(Ordering::Acquire) > 0
     }
 
     /// The current phase.
@@ -99,6 +148,9 @@ impl Shutdown {
     /// A future that resolves once the shutdown has reached `phase` (at once if it already
     /// has). It owns what it needs, so it can be handed to a server, e.g. axum's
     /// `with_graceful_shutdown(shutdown.wait_for(Phase::StopAccepting))`.
+    ///
+    /// Phases after [`Phase::Unhealthy`] are reached only while [`run`](Self::run) is
+    /// polled: spawn it or join it with the server, never await the server first.
     pub fn wait_for(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
         let mut phases = self.subscribe();
         async move {
@@ -166,33 +218,68 @@ impl Shutdown {
     /// and returns what happened. The report's [`exit_code`](ShutdownReport::exit_code) is
     /// what `main` should return.
     ///
-    /// The future must be polled to completion for the phases to advance: run it in `main`
-    /// (or a task of its own), not in a `select!` that may drop it.
+    /// Nothing moves past [`Phase::Unhealthy`] unless this future is polled: spawn it, or
+    /// join it with the server, *before* awaiting anything that waits for a later phase,
+    /// and poll it to completion (not in a `select!` that may drop it). Awaiting a server
+    /// whose shutdown signal is [`wait_for`](Self::wait_for)`(Phase::StopAccepting)` and only
+    /// then calling `run` never ends:
+    ///
+    /// ```
+    /// # use palisade_shutdown::{Phase, Shutdown};
+    /// # async fn server(stop: impl std::future::Future<Output = ()>) { stop.await }
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let shutdown = Shutdown::new();
+    /// // Not `server(..).await; shutdown.run().await`: the server would wait forever.
+    /// let server = server(shutdown.wait_for(Phase::StopAccepting));
+    /// # shutdown.trigger();
+    /// let (report, ()) = tokio::join!(shutdown.run(), server);
+    /// assert_eq!(report.unwrap().code(), 0);
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// [`RunError::AlreadyRunning`] if `run` was already called on this coordinator or a
-    /// clone; [`RunError::Signals`] if listening for signals failed.
+    /// clone; [`RunError::Signals`] if listening for signals failed (the handlers could not
+    /// be installed when the coordinator was built, nor now); `run` can then be called
+    /// again.
     pub async fn run(&self) -> Result<ShutdownReport, RunError> {
         if self.state.running.swap(true, Ordering::AcqRel) {
             return Err(RunError::AlreadyRunning);
         }
+        let signals = match self.signals() {
+            Ok(signals) => signals,
+            Err(error) => {
+                self.state.running.store(false, Ordering::Release);
+                return Err(error);
+            }
+        };
         let mut ctx = Ctx {
             triggers: self.state.triggers.subscribe(),
-            signals: self.signals()?,
+            signals,
         };
         self.wait_triggered(&mut ctx).await;
         Ok(self.sequence(&mut ctx).await)
     }
 
+    /// The signal streams: those installed by `build`, or new ones.
     #[cfg(feature = "signal")]
     fn signals(&self) -> Result<Option<crate::signal::Signals>, RunError> {
-        if self.state.config.signals {
-            crate::signal::Signals::new()
+        if !self.state.config.signals {
+            return Ok(None);
+        }
+        let installed = self
+            .state
+            .signals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match installed {
+            Some(signals) => Ok(Some(signals)),
+            None => crate::signal::Signals::new()
                 .map(Some)
-                .map_err(RunError::Signals)
-        } else {
-            Ok(None)
+                .map_err(RunError::Signals),
         }
     }
 

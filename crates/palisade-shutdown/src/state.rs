@@ -5,23 +5,22 @@
 //! by a counter of their own, which the drain closes when it ends, so that a guard made
 //! afterwards tracks nothing.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::task::Context;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use palisade_core::event::Listener as _;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::event::ShutdownEvent;
 use crate::hook::Hook;
-pub(crate) use crate::inflight::{Core, InFlight};
+pub(crate) use crate::inflight::{Core, InFlight, Slot};
 use crate::phase::Phase;
+use crate::signal::Signals;
 
 /// How often the drain adds up the in-flight counters when nothing woke it. Requests that
 /// finish during a shutdown wake it at once; the tick only catches one that finished while
@@ -39,6 +38,9 @@ pub(crate) struct State {
     tasks: AtomicUsize,
     phase_tx: watch::Sender<Phase>,
     /// How many times the shutdown was triggered: 1 starts it, 2 forces it.
+    pub(crate) trigger_count: AtomicU32,
+    /// The trigger count as `run` sees it (at most 2): published once the trigger has
+    /// reported it, so that `run`'s phases are reported after the trigger's.
     pub(crate) triggers: watch::Sender<u32>,
     /// Cancelled at the drain deadline, or at once on a forced stop.
     pub(crate) cancel: CancellationToken,
@@ -49,6 +51,9 @@ pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) hooks: Mutex<Vec<Hook>>,
     pub(crate) running: AtomicBool,
+    /// SIGTERM / SIGINT, listened to from `build` (inside a runtime) until `run` takes them.
+    #[cfg_attr(not(feature = "signal"), allow(dead_code))]
+    pub(crate) signals: Mutex<Option<Signals>>,
     /// How many times the health endpoint has answered `503`.
     probes: AtomicU32,
     /// Notified (with a stored permit) when `probes` reaches the configured count.
@@ -60,9 +65,10 @@ impl State {
         let cancel = CancellationToken::new();
         let stop = cancel.child_token();
         std::sync::Arc::new(State {
-            core: Core::acquire(&cancel),
+            core: Core::acquire(),
             tasks: AtomicUsize::new(0),
             phase_tx: watch::Sender::new(Phase::Running),
+            trigger_count: AtomicU32::new(0),
             triggers: watch::Sender::new(0),
             cancel,
             stop,
@@ -70,6 +76,7 @@ impl State {
             config,
             hooks: Mutex::new(hooks),
             running: AtomicBool::new(false),
+            signals: Mutex::new(None),
             probes: AtomicU32::new(0),
             probed: Notify::new(),
         })
@@ -83,13 +90,18 @@ impl State {
         self.phase_tx.subscribe()
     }
 
-    /// Moves to `to`: the atomic first (what requests read), then events (so that logs say
-    /// "phase changed" before what servers do about it), then the watch.
+    /// Moves forward to `to`: the atomic first (what requests read), then events (so that
+    /// logs say "phase changed" before what servers do about it), then the watch, then, at
+    /// the deadline, the requests still waiting are woken. Phases only move forward: when
+    /// the phase already is `to` or later, nothing happens.
     pub(crate) fn set_phase(&self, to: Phase) {
-        let from = self.core.swap_phase(to);
-        if from == to {
-            return;
+        if let Some(from) = self.core.advance_phase(to) {
+            self.report_phase(from, to);
         }
+    }
+
+    /// Reports a move from `from` to `to` that the atomic already made.
+    pub(crate) fn report_phase(&self, from: Phase, to: Phase) {
         let (in_flight, tasks) = (self.in_flight(), self.tasks());
         tracing::info!(
             from = from.as_str(),
@@ -104,7 +116,18 @@ impl State {
             in_flight,
             tasks,
         });
-        self.phase_tx.send_replace(to);
+        // Forward only, like the atomic: a report that comes late (the trigger's, racing
+        // `run` on another thread) does not move the watch back.
+        self.phase_tx.send_if_modified(|phase| {
+            let advance = *phase < to;
+            if advance {
+                *phase = to;
+            }
+            advance
+        });
+        if from < Phase::Cancelling && to >= Phase::Cancelling {
+            self.core.wake_waiting();
+        }
     }
 
     pub(crate) fn emit(&self, event: &ShutdownEvent) {
@@ -210,15 +233,48 @@ impl std::fmt::Debug for State {
 
 /// The part of a request future or body that cuts it at the deadline.
 ///
-/// While running it costs one relaxed load per poll. Once the shutdown has been triggered, a
-/// poll that finds the inner future pending registers to be woken at the deadline (one
-/// allocation, then, and only for requests still pending during a shutdown).
+/// While running, a poll that finds the inner future ready costs one relaxed load. The
+/// first time the inner future is pending, the request leaves its waker with its slot's
+/// [`Waiters`](crate::inflight::Waiters) (one lock of that slot, which the thread that
+/// started the request owns; no allocation once the slot has had as many requests waiting
+/// at once), and the deadline wakes it however long it has been waiting: a request that
+/// never makes progress again (an SSE stream without heartbeats, a handler stuck in a
+/// database call) is still cut. Later pending polls compare the waker with the registered
+/// one and take the lock again only if it changed. The registration is given back when the
+/// request ends.
 #[derive(Default)]
 pub(crate) struct Deadline {
-    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    registration: Option<Registration>,
+}
+
+/// A waker left with a slot's waiters.
+struct Registration {
+    slot: &'static Slot,
+    key: usize,
+    /// Which waker is registered: what [`Waker::will_wake`] compares.
+    waker: WakerId,
+}
+
+/// A waker's identity, without holding a reference to it (the registered clone keeps its
+/// task alive, so the address cannot be reused meanwhile).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct WakerId {
+    data: usize,
+    vtable: usize,
+}
+
+impl WakerId {
+    #[inline]
+    fn of(waker: &Waker) -> Self {
+        Self {
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        }
+    }
 }
 
 pub(crate) const CANCELLING: u8 = Phase::Cancelling as u8;
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) const RUNNING: u8 = Phase::Running as u8;
 
 impl Deadline {
@@ -229,32 +285,74 @@ impl Deadline {
     }
 
     /// After the inner future returned `Pending`: whether the deadline has passed, making
-    /// sure `cx` is woken when it does if a shutdown is under way.
+    /// sure `cx` is woken when it does.
     #[inline]
-    pub(crate) fn poll_passed(&mut self, core: &Core, cx: &mut Context<'_>) -> bool {
-        let phase = core.phase();
-        if phase == RUNNING {
-            return false;
-        }
-        if phase >= CANCELLING {
+    pub(crate) fn poll_passed(&mut self, in_flight: &InFlight, cx: &mut Context<'_>) -> bool {
+        if Self::passed(in_flight.core()) {
             return true;
         }
-        self.poll_wait(core, cx)
+        if let Some(registration) = &self.registration
+            && registration.waker == WakerId::of(cx.waker())
+        {
+            return false;
+        }
+        self.register(in_flight, cx.waker())
     }
 
+    /// Registers `waker` (or replaces the registered one), then reads the phase again: the
+    /// deadline either finds the waker registered or is seen here.
     #[cold]
-    fn poll_wait(&mut self, core: &Core, cx: &mut Context<'_>) -> bool {
-        let wait = self
-            .wait
-            .get_or_insert_with(|| Box::pin(core.cancel_token().cancelled_owned()));
-        wait.as_mut().poll(cx).is_ready()
+    #[inline(never)]
+    fn register(&mut self, in_flight: &InFlight, waker: &Waker) -> bool {
+        let waker = waker.clone();
+        let id = WakerId::of(&waker);
+        let replaced = match &mut self.registration {
+            Some(registration) => {
+                registration.waker = id;
+                registration.slot.waiters().replace(registration.key, waker)
+            }
+            None => {
+                let slot = in_flight.slot();
+                let key = slot.waiters().insert(waker);
+                self.registration = Some(Registration {
+                    slot,
+                    key,
+                    waker: id,
+                });
+                None
+            }
+        };
+        drop(replaced);
+        in_flight.core().load_phase() >= Phase::Cancelling
+    }
+
+    /// Gives the registration back, if there is one: the request has ended.
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        if let Some(registration) = self.registration.take() {
+            release(&registration);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn release(registration: &Registration) {
+    let waker = registration.slot.waiters().remove(registration.key);
+    drop(waker);
+}
+
+impl Drop for Deadline {
+    #[inline]
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
 impl std::fmt::Debug for Deadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deadline")
-            .field("registered", &self.wait.is_some())
+            .field("registered", &self.registration.is_some())
             .finish()
     }
 }

@@ -397,3 +397,116 @@ async fn events_report_triggers_phases_and_hooks() {
         "later triggers are not reported"
     );
 }
+
+type RunFuture = std::pin::Pin<Box<dyn Future<Output = Result<ShutdownReport, RunError>> + Send>>;
+
+/// `run`, polled by hand: still going, or done.
+enum Racing {
+    Going(RunFuture),
+    Done(Result<ShutdownReport, RunError>),
+}
+
+impl Racing {
+    /// Polls `run` once, with a waker that does nothing.
+    fn poll(self) -> Self {
+        match self {
+            Racing::Going(mut run) => {
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match run.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(done) => Racing::Done(done),
+                    std::task::Poll::Pending => Racing::Going(run),
+                }
+            }
+            done @ Racing::Done(_) => done,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_races_ahead_of_the_trigger_never_moves_the_phase_back() {
+    // `run` on another thread may go on as soon as it sees the trigger, while `trigger`
+    // is still reporting it. The listener plays that thread: when told of the trigger, it
+    // polls `run` as far as it can go. The phase must not move back to `Unhealthy` after.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let racing: Arc<Mutex<Option<Racing>>> = Arc::default();
+    let (sink, runner) = (Arc::clone(&events), Arc::clone(&racing));
+    let shutdown = Shutdown::builder()
+        .listener(listener_fn(move |event: &ShutdownEvent| {
+            sink.lock().unwrap().push(event.clone());
+            if matches!(event, ShutdownEvent::Triggered { count: 1 }) {
+                let run = runner.lock().unwrap().take().expect("run is set up");
+                let run = run.poll();
+                *runner.lock().unwrap() = Some(run);
+            }
+        }))
+        .build();
+    let run = Racing::Going(Box::pin({
+        let shutdown = shutdown.clone();
+        async move { shutdown.run().await }
+    }))
+    .poll();
+    assert!(matches!(run, Racing::Going(_)), "waits for the trigger");
+    *racing.lock().unwrap() = Some(run);
+
+    shutdown.trigger();
+    let raced = racing.lock().unwrap().take().unwrap();
+    let report = match raced {
+        Racing::Going(run) => run.await,
+        Racing::Done(done) => done,
+    };
+    assert_eq!(report.unwrap().code(), 0);
+
+    assert_eq!(shutdown.phase(), Phase::Done);
+    assert_eq!(*shutdown.subscribe().borrow(), Phase::Done);
+    tokio_test::assert_ready!(tokio_test::task::spawn(shutdown.wait_for(Phase::Done)).poll());
+    let changes: Vec<(Phase, Phase)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|event| match event {
+            ShutdownEvent::PhaseChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(Phase, Phase)> = Phase::ALL.windows(2).map(|w| (w[0], w[1])).collect();
+    assert_eq!(changes, expected, "every phase once, in order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_trigger_while_the_first_is_reported_forces_the_stop() {
+    // A second trigger that comes while the first is still being reported (here, from the
+    // listener) is published with it: `run` starts forced, and the phases stay in order.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let coordinator: Arc<std::sync::OnceLock<Shutdown>> = Arc::default();
+    let (sink, again) = (Arc::clone(&events), Arc::clone(&coordinator));
+    let shutdown = Shutdown::builder()
+        .grace(secs(60))
+        .listener(listener_fn(move |event: &ShutdownEvent| {
+            sink.lock().unwrap().push(event.clone());
+            if matches!(event, ShutdownEvent::Triggered { count: 1 }) {
+                again.get().expect("set up").trigger();
+            }
+        }))
+        .build();
+    coordinator.set(shutdown.clone()).unwrap();
+    let run = spawn_run(&shutdown);
+    tokio::task::yield_now().await;
+    let triggered = Instant::now();
+    shutdown.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert!(report.forced);
+    assert_eq!(report.elapsed, Duration::ZERO, "no grace delay when forced");
+    assert_eq!(triggered.elapsed(), Duration::ZERO);
+    let events = events.lock().unwrap();
+    assert_eq!(events[0], ShutdownEvent::Triggered { count: 1 });
+    assert_eq!(events[1], ShutdownEvent::Triggered { count: 2 });
+    let changes: Vec<(Phase, Phase)> = events
+        .iter()
+        .filter_map(|event| match event {
+            ShutdownEvent::PhaseChanged { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(Phase, Phase)> = Phase::ALL.windows(2).map(|w| (w[0], w[1])).collect();
+    assert_eq!(changes, expected);
+}

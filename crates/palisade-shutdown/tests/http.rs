@@ -194,6 +194,77 @@ async fn a_streaming_body_is_cut_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_sse_stream_without_heartbeats_is_cut_at_the_deadline() {
+    // An SSE stream waiting on a channel nobody sends on: nothing wakes it once the
+    // shutdown begins, so only the deadline can end it.
+    let shutdown = Shutdown::builder()
+        .drain_deadline(secs(30))
+        .cancel_grace(secs(1))
+        .build();
+    let (events, rx) = mpsc::channel::<Bytes>(1);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let quiet = service_fn(move |_: Request<String>| {
+        let rx = rx.lock().unwrap().take().expect("one request");
+        async move {
+            // The call waits once (in this task), the body is read in another.
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(Response::new(ChannelBody(rx)))
+        }
+    });
+    let response = shutdown
+        .http_layer()
+        .layer(quiet)
+        .oneshot(request(Version::HTTP_11))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_all(response.into_body()));
+    tokio::task::yield_now().await;
+    let run = spawn_run(&shutdown);
+    sleep(secs(1)).await;
+    let triggered = Instant::now();
+    shutdown.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.requests_cancelled, report.abandoned), (1, 0));
+
+    let (frames, ended, error) = reader.await.unwrap();
+    assert_eq!(frames, 0);
+    assert_eq!(ended - triggered, secs(30), "cut at the deadline");
+    let error = error.expect("the stream ends with an error");
+    assert!(matches!(
+        Rejection::find(&*error),
+        Some(Rejection::ShuttingDown(_))
+    ));
+    assert_eq!(shutdown.in_flight(), 0);
+    drop(events);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_stuck_since_before_the_trigger_is_answered_503_at_the_deadline() {
+    let shutdown = Shutdown::builder().drain_deadline(secs(5)).build();
+    let stuck = service_fn(|_: Request<String>| {
+        std::future::pending::<Result<Response<String>, Infallible>>()
+    });
+    let call = tokio::spawn({
+        let service = shutdown.http_layer().layer(stuck);
+        async move {
+            (
+                service.oneshot(request(Version::HTTP_2)).await,
+                Instant::now(),
+            )
+        }
+    });
+    tokio::task::yield_now().await;
+    let run = spawn_run(&shutdown);
+    let triggered = Instant::now();
+    shutdown.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.requests_cancelled, report.abandoned), (1, 0));
+    let (response, answered) = call.await.unwrap();
+    assert_eq!(response.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answered - triggered, secs(5));
+}
+
+#[tokio::test(start_paused = true)]
 async fn responses_to_http1_requests_carry_connection_close_once_shutting_down() {
     let shutdown = Shutdown::builder().grace(secs(10)).build();
     let service = shutdown.http_layer().layer(hello());

@@ -218,21 +218,83 @@ async fn a_call_still_pending_at_the_deadline_fails_and_its_handler_is_dropped()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_call_never_polled_during_the_shutdown_is_reported_abandoned() {
-    // The layer cannot wake a call that was already waiting when the shutdown began and is
-    // not polled again: it does not register with the coordinator while running (that is
-    // what keeps the running path free of locks). A server closing its connections cuts it.
+async fn a_call_waiting_since_before_the_trigger_is_cut_at_the_deadline() {
+    // A handler in a long database call: pending since before the trigger, and nothing
+    // would poll it again before its ten minutes are up.
     let shutdown = Shutdown::builder()
         .drain_deadline(secs(5))
         .cancel_grace(secs(1))
         .build();
-    let call = tokio::spawn(shutdown.layer().layer(slow(secs(600))).oneshot(1));
+    let call = tokio::spawn({
+        let service = shutdown.layer().layer(slow(secs(600)));
+        async move { (service.oneshot(1).await, Instant::now()) }
+    });
     tokio::task::yield_now().await;
     let run = spawn_run(&shutdown);
+    let triggered = Instant::now();
     shutdown.trigger();
     let report = run.await.unwrap().unwrap();
-    assert_eq!((report.requests_cancelled, report.abandoned), (1, 1));
-    call.abort();
+    assert_eq!((report.requests_cancelled, report.abandoned), (1, 0));
+
+    let (result, ended) = call.await.unwrap();
+    let error = result.unwrap_err();
+    assert!(is_shutting_down(&error).is_some(), "{error}");
+    assert_eq!(ended - triggered, secs(5), "cut at the deadline");
+    assert_eq!(shutdown.in_flight(), 0);
+}
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct CountWakes(AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_is_woken_at_the_deadline_through_its_latest_waker() {
+    let shutdown = Shutdown::builder().drain_deadline(secs(5)).build();
+    let mut call = Box::pin(
+        shutdown
+            .layer()
+            .layer(service_fn(|_: u64| {
+                std::future::pending::<Result<u64, Infallible>>()
+            }))
+            .oneshot(1),
+    );
+    let (first, latest) = (
+        Arc::new(CountWakes::default()),
+        Arc::new(CountWakes::default()),
+    );
+    for waker in [&first, &latest] {
+        let waker = std::task::Waker::from(Arc::clone(waker));
+        let polled = call
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending());
+    }
+    let run = spawn_run(&shutdown);
+    shutdown.trigger();
+    shutdown.wait_for(Phase::Cancelling).await;
+    assert_eq!(latest.0.load(Ordering::SeqCst), 1, "woken at the deadline");
+    assert_eq!(
+        first.0.load(Ordering::SeqCst),
+        0,
+        "its first waker is forgotten"
+    );
+    let waker = std::task::Waker::from(latest);
+    let polled = call
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    let std::task::Poll::Ready(Err(error)) = polled else {
+        panic!("the call fails at the deadline");
+    };
+    assert!(is_shutting_down(&error).is_some(), "{error}");
+    drop(call);
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.requests_cancelled, report.abandoned), (1, 0));
 }
 
 #[tokio::test(start_paused = true)]

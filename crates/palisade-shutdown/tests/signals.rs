@@ -26,8 +26,7 @@ async fn sigterm_triggers_the_shutdown_and_a_second_one_forces_it() {
         let shutdown = shutdown.clone();
         async move { shutdown.run().await }
     });
-    // On this one-thread runtime, yielding lets `run` start: it installs the handlers
-    // before its first wait.
+    // The handlers were installed by `build`; yielding lets `run` start waiting.
     tokio::task::yield_now().await;
     assert!(!run.is_finished());
     kill_process(getpid(), Signal::TERM).unwrap();
