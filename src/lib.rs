@@ -14,6 +14,7 @@
 //! | `core` (default) | [`palisade_core`](crate::core) | `Backoff` + `Jitter`, `Classify`, typed rejections with `RetryAfter`, the event/metrics hook |
 //! | `batch` | [`palisade_batch`](crate::batch) | `Batch`: a continuous pool with per-item retry and timeout, a report of every outcome, progress, cancellation; an RFC 4180 async CSV reader |
 //! | `batch-progress` | | an indicatif progress bar for batches |
+//! | `batch-gzip` | | gzip output for CSV pipelines |
 //! | `breaker` | [`palisade_breaker`](crate::breaker) | `CircuitBreakerLayer`: count/time windows, slow calls, exact half-open probes |
 //! | `events` | [`palisade_events`](crate::events) | a typed in-process event bus: concurrent handlers (closures or tower services), every outcome reported, a bounded publish queue with dead letters |
 //! | `nats` | | the event bus across processes over NATS |

@@ -96,6 +96,8 @@ pub struct Batch<L = (), B = ()> {
     cancel: Option<CancellationToken>,
     total: Option<u64>,
     group: Option<NonZeroUsize>,
+    /// Whether a listener was set: without one, progress needs no clock reading per item.
+    listening: bool,
     listener: L,
     on_batch: B,
 }
@@ -112,6 +114,7 @@ impl Batch {
             cancel: None,
             total: None,
             group: None,
+            listening: false,
             listener: (),
             on_batch: (),
         }
@@ -178,6 +181,7 @@ impl<L, B> Batch<L, B> {
             cancel: self.cancel,
             total: self.total,
             group: self.group,
+            listening: true,
             listener,
             on_batch: self.on_batch,
         }
@@ -197,6 +201,7 @@ impl<L, B> Batch<L, B> {
             cancel: self.cancel,
             total: self.total,
             group: Some(size),
+            listening: self.listening,
             listener: self.listener,
             on_batch: callback,
         }
@@ -262,7 +267,8 @@ impl<L, B> Batch<L, B> {
             Some(token) => token.child_token(),
             None => CancellationToken::new(),
         };
-        let interruptible = self.cancel.is_some() || self.stop_on_error;
+        let cancellable = self.cancel.is_some();
+        let interruptible = cancellable || self.stop_on_error;
         let item = ItemSettings {
             retry: self.retry,
             timeout: self.timeout,
@@ -278,6 +284,7 @@ impl<L, B> Batch<L, B> {
             taken: 0,
             input_over: false,
             on_batch: self.on_batch,
+            listening: self.listening,
             listener: &self.listener,
             progress: Progress {
                 done: 0,
@@ -288,9 +295,59 @@ impl<L, B> Batch<L, B> {
             },
             started,
         };
-        let limit = self.concurrency.get();
-        let stop_on_error = self.stop_on_error;
+        let simple = item.retry.is_none() && item.timeout.is_none() && item.stop.is_none();
+        let pool = Pool {
+            limit: self.concurrency.get(),
+            cancellable,
+            stop_on_error: self.stop_on_error,
+            stop: &stop,
+        };
+        // An item without retry, timeout or stop signal has a small future of its own; the
+        // full one is boxed, so that pushing it into the pool moves a pointer.
+        if simple {
+            pool.run(items, &mut collector, |index, value| {
+                plain_item(&item, &process, index, value)
+            })
+            .await;
+        } else {
+            pool.run(items, &mut collector, |index, value| {
+                Box::pin(run_item(&item, &process, index, value))
+            })
+            .await;
+        }
 
+        collector.finish()
+    }
+}
+
+/// The pool loop's settings.
+struct Pool<'a> {
+    limit: usize,
+    cancellable: bool,
+    stop_on_error: bool,
+    stop: &'a CancellationToken,
+}
+
+impl Pool<'_> {
+    /// Takes items while there is room, polls every item in flight, and records each
+    /// outcome, until the input is over (or the run stopped) and the pool is empty.
+    async fn run<S, Fut, R, E, L, B>(
+        self,
+        items: S,
+        collector: &mut Collector<'_, S::Item, R, E, L, B>,
+        mut start: impl FnMut(usize, S::Item) -> Fut,
+    ) where
+        S: Stream,
+        Fut: Future<Output = Outcome<S::Item, R, E>>,
+        L: Listener<BatchEvent>,
+        B: OnBatch<S::Item, R, E>,
+    {
+        let Pool {
+            limit,
+            cancellable,
+            stop_on_error,
+            stop,
+        } = self;
         let mut items = pin!(items);
         let mut cancelled = pin!(stop.cancelled());
         let mut in_flight = FuturesUnordered::new();
@@ -298,14 +355,19 @@ impl<L, B> Batch<L, B> {
 
         poll_fn(|cx| {
             loop {
-                if collector.report.stopped.is_none() && cancelled.as_mut().poll(cx).is_ready() {
+                // Without a caller's token only the loop itself stops the run (on an error),
+                // and it knows when: the token's future need not be polled.
+                if cancellable
+                    && collector.report.stopped.is_none()
+                    && cancelled.as_mut().poll(cx).is_ready()
+                {
                     collector.stop(StopReason::Cancelled);
                 }
                 // Fill the pool while there is room and input.
                 while collector.report.stopped.is_none() && !input_done && in_flight.len() < limit {
                     match items.as_mut().poll_next(cx) {
                         Poll::Ready(Some(value)) => {
-                            in_flight.push(run_item(&item, &process, collector.taken, value));
+                            in_flight.push(start(collector.taken, value));
                             collector.taken += 1;
                         }
                         Poll::Ready(None) => input_done = true,
@@ -337,8 +399,6 @@ impl<L, B> Batch<L, B> {
             }
         })
         .await;
-
-        collector.finish()
     }
 }
 
@@ -347,6 +407,39 @@ struct ItemSettings<'a, L> {
     timeout: Option<Duration>,
     stop: Option<&'a CancellationToken>,
     listener: &'a L,
+}
+
+/// One item with a single attempt, no timeout and nothing to interrupt it.
+async fn plain_item<T, F, R, E, L>(
+    settings: &ItemSettings<'_, L>,
+    process: &F,
+    index: usize,
+    item: T,
+) -> Outcome<T, R, E>
+where
+    F: AsyncFn(&T) -> Result<R, E>,
+    L: Listener<BatchEvent>,
+{
+    match process(&item).await {
+        Ok(value) => Outcome::Succeeded(Success {
+            index,
+            item,
+            value,
+            attempts: 1,
+        }),
+        Err(error) => {
+            tracing::debug!(index, attempts = 1, "batch item failed");
+            settings
+                .listener
+                .on_event(&BatchEvent::ItemFailed { index, attempts: 1 });
+            Outcome::Failed(Failure {
+                index,
+                item,
+                error: ItemError::Failed(error),
+                attempts: 1,
+            })
+        }
+    }
 }
 
 /// One item's whole life: attempts, timeouts, retry waits, interruption.
@@ -360,27 +453,18 @@ where
     F: AsyncFn(&T) -> Result<R, E>,
     L: Listener<BatchEvent>,
 {
-    let mut delays = settings.retry.map(|backoff| backoff.delays());
+    // Made at the first failure, and boxed: most items never need it.
+    let mut delays: Option<Box<palisade_core::backoff::Delays>> = None;
     let first = settings.retry.map(|_| Instant::now());
     let mut attempts = 0u32;
     loop {
         attempts = attempts.saturating_add(1);
-        let attempt = async {
-            match settings.timeout {
-                None => process(&item).await.map_err(ItemError::Failed),
-                Some(limit) => match tokio::time::timeout(limit, process(&item)).await {
-                    Ok(result) => result.map_err(ItemError::Failed),
-                    Err(_) => Err(ItemError::TimedOut(limit)),
-                },
-            }
-        };
-        let result = match settings.stop {
-            None => Some(attempt.await),
-            Some(stop) => tokio::select! {
-                biased;
-                () = stop.cancelled() => None,
-                result = attempt => Some(result),
-            },
+        // The plain attempt stays inline; one with a timeout or a stop signal is boxed, so
+        // that the timer and the signal's waiter do not weigh on every item's future.
+        let result = if settings.timeout.is_none() && settings.stop.is_none() {
+            Some(process(&item).await.map_err(ItemError::Failed))
+        } else {
+            Box::pin(guarded_attempt(settings, process, &item)).await
         };
         let error = match result {
             Some(Ok(value)) => {
@@ -401,6 +485,9 @@ where
             }
         };
         let elapsed = first.map_or(Duration::ZERO, |t| t.elapsed());
+        if delays.is_none() {
+            delays = settings.retry.map(|backoff| Box::new(backoff.delays()));
+        }
         let Some(delay) = delays.as_mut().and_then(|d| d.next_after(elapsed)) else {
             tracing::debug!(index, attempts, "batch item failed");
             settings
@@ -419,18 +506,57 @@ where
             attempt: attempts,
             delay,
         });
-        match settings.stop {
-            None => tokio::time::sleep(delay).await,
-            Some(stop) => {
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => {
-                        return Outcome::Interrupted(Interrupted { index, item, attempts });
-                    }
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
+        // Boxed, like a guarded attempt: retries are the exception.
+        if !Box::pin(wait_to_retry(settings.stop, delay)).await {
+            return Outcome::Interrupted(Interrupted {
+                index,
+                item,
+                attempts,
+            });
         }
+    }
+}
+
+/// One attempt with its timeout and stop signal; `None` if the run stopped first.
+async fn guarded_attempt<T, F, R, E, L>(
+    settings: &ItemSettings<'_, L>,
+    process: &F,
+    item: &T,
+) -> Option<Result<R, ItemError<E>>>
+where
+    F: AsyncFn(&T) -> Result<R, E>,
+{
+    let attempt = async {
+        match settings.timeout {
+            None => process(item).await.map_err(ItemError::Failed),
+            Some(limit) => match tokio::time::timeout(limit, process(item)).await {
+                Ok(result) => result.map_err(ItemError::Failed),
+                Err(_) => Err(ItemError::TimedOut(limit)),
+            },
+        }
+    };
+    match settings.stop {
+        None => Some(attempt.await),
+        Some(stop) => tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            result = attempt => Some(result),
+        },
+    }
+}
+
+/// Waits `delay` before a retry; `false` if the run stopped first.
+async fn wait_to_retry(stop: Option<&CancellationToken>, delay: Duration) -> bool {
+    match stop {
+        None => {
+            tokio::time::sleep(delay).await;
+            true
+        }
+        Some(stop) => tokio::select! {
+            biased;
+            () = stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        },
     }
 }
 
@@ -448,6 +574,7 @@ struct Collector<'a, T, R, E, L, B> {
     /// No more items will be taken (input ended or run stopped).
     input_over: bool,
     on_batch: B,
+    listening: bool,
     listener: &'a L,
     progress: Progress,
     started: Instant,
@@ -479,8 +606,10 @@ where
                 self.report.retries += u64::from(i.attempts - 1);
             }
         }
-        self.progress.elapsed = self.started.elapsed();
-        self.listener.on_event(&BatchEvent::Progress(self.progress));
+        if self.listening {
+            self.progress.elapsed = self.started.elapsed();
+            self.listener.on_event(&BatchEvent::Progress(self.progress));
+        }
         match self.group {
             None => self.report.push(outcome),
             Some(size) => {

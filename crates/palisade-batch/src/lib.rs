@@ -13,6 +13,10 @@
 //! - [`csv`]: an async RFC 4180 reader (quoted fields, embedded delimiters and line breaks,
 //!   escaped quotes, CRLF, BOM, headers) that reports every bad record with its line number
 //!   and reads on.
+//! - [`pipeline`]: CSV in, a per-row transform that maps, filters or fails, JSON lines or
+//!   CSV out, optionally gzip (feature `gzip`); failed rows go to an error sink with their
+//!   line numbers up to an error limit; a bounded channel between the parsing and the
+//!   writing stage keeps memory flat however large the input.
 //!
 //! # Why a pool and not `buffered`
 //!
@@ -71,12 +75,14 @@
 //! | feature | adds |
 //! |---|---|
 //! | `progress` | `BatchProgressBar`: an [indicatif](https://docs.rs/indicatif) progress bar that follows a run |
+//! | `gzip` | [`Pipeline::gzip`](pipeline::Pipeline::gzip): gzip output through [flate2](https://docs.rs/flate2)'s zlib-rs backend |
 //!
 //! Everything runs on tokio's clock and timers: a run needs a runtime with time enabled.
 
 mod batch;
 pub mod csv;
 mod event;
+pub mod pipeline;
 #[cfg(feature = "progress")]
 mod progress_bar;
 mod report;

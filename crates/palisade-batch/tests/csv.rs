@@ -269,3 +269,51 @@ proptest! {
         prop_assert_eq!(fields, records);
     }
 }
+
+/// Writes fields quoting only those that need it (or when `quote_all`), ending each record
+/// with `ending`.
+fn encode_minimal(records: &[Vec<String>], ending: &str) -> String {
+    let mut out = String::new();
+    for record in records {
+        let fields: Vec<String> = record
+            .iter()
+            .map(|f| {
+                if f.is_empty() || f.contains([',', '"', '\r', '\n']) {
+                    format!("\"{}\"", f.replace('"', "\"\""))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        out.push_str(&fields.join(","));
+        out.push_str(ending);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn unquoted_fields_and_any_line_end_read_back_whatever_the_chunking(
+        width in 1usize..6,
+        rows in prop::collection::vec(
+            prop::collection::vec("[a-z,\"\r\n é]{0,8}|[a-z0-9]{1,12}", 5),
+            1..12,
+        ),
+        ending in prop::sample::select(vec!["\n", "\r\n", "\r"]),
+        chunk in 1usize..300,
+    ) {
+        let records: Vec<Vec<String>> =
+            rows.into_iter().map(|mut r| { r.truncate(width); r }).collect();
+        let input = encode_minimal(&records, ending);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let read = runtime.block_on(read_all(&input, chunk));
+        let fields: Vec<Vec<String>> = read
+            .into_iter()
+            .map(|r| r.map(|(_, f)| f))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        prop_assert_eq!(fields, records);
+    }
+}

@@ -65,6 +65,9 @@ pub struct CsvReader<R> {
     line: u64,
     delimiter: u8,
     special: [bool; 256],
+    /// Every CR in the buffer is followed by an LF: delimiters, quotes and line ends can be
+    /// found with memchr.
+    no_lone_cr: bool,
     has_headers: bool,
     headers: Option<Headers>,
     /// The expected field count, once known.
@@ -97,6 +100,7 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
             line: 1,
             delimiter,
             special: special_bytes(delimiter),
+            no_lone_cr: true,
             has_headers: true,
             headers: None,
             width: None,
@@ -113,15 +117,20 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
         self
     }
 
-    /// Fields are separated by `delimiter` instead of a comma (`b'\t'`, `b';'`). A quote or
-    /// a line break cannot be the delimiter; such a value is ignored.
+    /// Fields are separated by `delimiter` instead of a comma (`b'\t'`, `b';'`). The
+    /// delimiter is an ASCII byte other than a quote or a line break; another value is
+    /// ignored.
     #[must_use]
     pub fn delimiter(mut self, delimiter: u8) -> Self {
-        if !matches!(delimiter, b'"' | b'\n' | b'\r') {
+        if delimiter.is_ascii() && !matches!(delimiter, b'"' | b'\n' | b'\r') {
             self.delimiter = delimiter;
             self.special = special_bytes(delimiter);
         }
         self
+    }
+
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.len() + self.scratch.capacity()
     }
 
     /// Bytes read from the input so far.
@@ -198,6 +207,7 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
             self.pos = 0;
         }
         self.end = n;
+        self.no_lone_cr = no_lone_cr(&self.buf[self.pos..n]);
         self.bytes_read += n as u64;
         if n == 0 {
             self.eof = true;
@@ -249,14 +259,12 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
         }
         let mut bytes = mem::take(&mut record.text).into_bytes();
         mem::swap(&mut bytes, &mut self.scratch);
+        // Every field ends before an ASCII separator or at the end of the text, so a valid
+        // text has valid fields.
         match String::from_utf8(bytes) {
-            Ok(text) if record.ends.iter().all(|&end| text.is_char_boundary(end)) => {
+            Ok(text) => {
                 record.text = text;
                 Ok(true)
-            }
-            Ok(text) => {
-                self.scratch = text.into_bytes();
-                Err(CsvError::InvalidUtf8 { line })
             }
             Err(e) => {
                 self.scratch = e.into_bytes();
@@ -272,94 +280,128 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
     }
 
     /// Parses from the buffer until a record ends (`true`) or the buffer is used up.
+    ///
+    /// Bytes are copied into the scratch text in runs: a run goes on through delimiters
+    /// (kept as separators) and is broken only by a quote that is not content, a line end
+    /// or the end of the buffer, so an unquoted line is one copy.
     fn parse_buffered(&mut self, record: &mut Record) -> bool {
         let delimiter = self.delimiter;
-        while self.pos < self.end {
-            let byte = self.buf[self.pos];
+        let end = self.end;
+        let mut run = self.pos;
+        let mut pos = self.pos;
+        let ended = loop {
+            if pos >= end {
+                break false;
+            }
+            let buf = &self.buf[..end];
             match self.state {
                 State::RecordStart => {
+                    let byte = buf[pos];
                     if mem::take(&mut self.skip_lf) && byte == b'\n' {
-                        self.pos += 1;
+                        pos += 1;
                         continue;
                     }
                     if byte == b'\n' || byte == b'\r' {
                         // A blank line.
                         self.skip_lf = byte == b'\r';
                         self.line += 1;
-                        self.pos += 1;
+                        pos += 1;
                         continue;
                     }
                     record.line = self.line;
+                    run = pos;
                     self.state = State::FieldStart;
                 }
                 State::FieldStart => {
-                    if byte == b'"' {
-                        self.pos += 1;
+                    if buf[pos] == b'"' {
+                        self.scratch.extend_from_slice(&buf[run..pos]);
+                        pos += 1;
+                        run = pos;
                         self.state = State::Quoted;
                     } else {
                         self.state = State::Unquoted;
                     }
                 }
                 State::Unquoted => {
-                    let start = self.pos;
-                    let mut i = start;
-                    let buf = &self.buf[..self.end];
-                    while i < buf.len() && !self.special[usize::from(buf[i])] {
-                        i += 1;
-                    }
-                    self.scratch.extend_from_slice(&buf[start..i]);
-                    self.pos = i;
-                    if i == buf.len() {
-                        return false;
-                    }
-                    let byte = buf[i];
-                    self.pos += 1;
+                    let Some(at) = self.find_special(pos) else {
+                        pos = end;
+                        continue;
+                    };
+                    let byte = buf[at];
                     if byte == delimiter {
-                        record.ends.push(self.scratch.len());
+                        record.ends.push(self.scratch.len() + at - run);
+                        pos = at + 1;
                         self.state = State::FieldStart;
                     } else if byte == b'"' {
                         self.flag(record, "a quote inside an unquoted field");
-                        self.scratch.push(b'"');
+                        pos = at + 1;
                     } else {
-                        return self.end_record(record, byte);
+                        // A line end. Where no lone CR is buffered, a CR before the LF is
+                        // the CRLF's.
+                        let field_end = if byte == b'\n' && at > run && buf[at - 1] == b'\r' {
+                            at - 1
+                        } else {
+                            at
+                        };
+                        self.scratch.extend_from_slice(&buf[run..field_end]);
+                        pos = at + 1;
+                        break self.end_record(record, byte);
                     }
                 }
-                State::Quoted => {
-                    let rest = &self.buf[self.pos..self.end];
-                    match memchr::memchr(b'"', rest) {
-                        Some(at) => {
-                            let span = &rest[..at];
-                            self.line += memchr::memchr_iter(b'\n', span).count() as u64;
-                            self.scratch.extend_from_slice(span);
-                            self.pos += at + 1;
-                            self.state = State::QuotedQuote;
-                        }
-                        None => {
-                            self.line += memchr::memchr_iter(b'\n', rest).count() as u64;
-                            self.scratch.extend_from_slice(rest);
-                            self.pos = self.end;
-                        }
+                State::Quoted => match memchr::memchr2(b'"', b'\n', &buf[pos..]) {
+                    Some(at) if buf[pos + at] == b'"' => {
+                        let at = pos + at;
+                        self.scratch.extend_from_slice(&buf[run..at]);
+                        pos = at + 1;
+                        run = pos;
+                        self.state = State::QuotedQuote;
                     }
-                }
+                    Some(at) => {
+                        self.line += 1;
+                        pos += at + 1;
+                    }
+                    None => pos = end,
+                },
                 State::QuotedQuote => {
-                    self.pos += 1;
+                    // `run` is `pos`: the closing quote candidate was not copied.
+                    let byte = buf[pos];
                     if byte == b'"' {
-                        self.scratch.push(b'"');
+                        // An escaped quote: this one is content.
+                        pos += 1;
                         self.state = State::Quoted;
                     } else if byte == delimiter {
                         record.ends.push(self.scratch.len());
+                        pos += 1;
                         self.state = State::FieldStart;
                     } else if byte == b'\n' || byte == b'\r' {
-                        return self.end_record(record, byte);
+                        pos += 1;
+                        run = pos;
+                        break self.end_record(record, byte);
                     } else {
                         self.flag(record, "text after a closing quote");
-                        self.scratch.push(byte);
                         self.state = State::Unquoted;
                     }
                 }
             }
+        };
+        if !ended && self.state != State::RecordStart {
+            self.scratch.extend_from_slice(&self.buf[run..end]);
         }
-        false
+        self.pos = pos;
+        ended
+    }
+
+    /// The next delimiter, quote or line end at or after `from`, if buffered. Where the
+    /// buffer holds no lone CR, memchr finds delimiters, quotes and LFs (a CR before an LF
+    /// is the caller's to drop); else every byte is looked at.
+    fn find_special(&self, from: usize) -> Option<usize> {
+        let buf = &self.buf[from..self.end];
+        let at = if self.no_lone_cr {
+            memchr::memchr3(self.delimiter, b'"', b'\n', buf)
+        } else {
+            buf.iter().position(|&b| self.special[usize::from(b)])
+        };
+        at.map(|at| from + at)
     }
 
     fn end_record(&mut self, record: &mut Record, terminator: u8) -> bool {
@@ -369,6 +411,11 @@ impl<R: AsyncRead + Unpin> CsvReader<R> {
         self.state = State::RecordStart;
         true
     }
+}
+
+/// Whether every CR of `buf` is followed by an LF in `buf`.
+fn no_lone_cr(buf: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', buf).all(|at| buf.get(at + 1) == Some(&b'\n'))
 }
 
 fn special_bytes(delimiter: u8) -> [bool; 256] {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 /// only while records grow.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Record {
+    /// The fields, each followed by a one-byte ASCII separator (the delimiter) but the last.
     pub(crate) text: String,
-    /// The end of each field in `text`.
+    /// The end of each field in `text`; the next field starts one byte later.
     pub(crate) ends: Vec<usize>,
     pub(crate) line: u64,
 }
@@ -40,13 +41,17 @@ impl Record {
     /// Field `i` (from 0).
     pub fn get(&self, i: usize) -> Option<&str> {
         let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
         self.text.get(start..end)
     }
 
     /// The fields in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         (0..self.ends.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * size_of::<usize>()
     }
 
     pub(crate) fn clear(&mut self) {
