@@ -9,17 +9,14 @@
 //! lock held by the other thread (tower-resilience's `tokio::sync::Mutex`) can make a future
 //! wait, and it uses that executor for every variant, the bare one too.
 
-use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::sync::Barrier;
 use std::task::{Context, Poll};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use palisade_benches::{EchoFuture, ThreadExecutor, assert_echoes, call_now, echo};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use palisade_benches::{EchoFuture, assert_echoes, bench_calls, bench_calls_two_threads, echo};
 use palisade_breaker::{CircuitBreakerConfig, CircuitBreakerLayer};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 /// The bare echo service.
 type Echo = tower::util::ServiceFn<fn(u64) -> EchoFuture>;
@@ -86,23 +83,6 @@ fn tower_resilience() -> tower_resilience_circuitbreaker::CircuitBreakerLayer {
         .expect("default tower-resilience configuration")
 }
 
-/// Measures one service on one thread.
-fn bench_one<S>(
-    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    mut service: S,
-) where
-    S: Service<u64>,
-{
-    group.bench_function(name, |b| {
-        let mut request = 0u64;
-        b.iter(|| {
-            request = request.wrapping_add(1);
-            black_box(call_now(&mut service, black_box(request)))
-        });
-    });
-}
-
 fn closed(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker/closed");
     group.throughput(Throughput::Elements(1));
@@ -113,24 +93,24 @@ fn closed(c: &mut Criterion) {
     assert_echoes(failsafe_echo());
     assert_echoes(tower_resilience().layer(echo()));
 
-    bench_one(&mut group, "bare", echo());
-    bench_one(
+    bench_calls(&mut group, "bare", echo());
+    bench_calls(
         &mut group,
         "palisade/count",
         palisade(CircuitBreakerConfig::default()).layer(echo()),
     );
-    bench_one(
+    bench_calls(
         &mut group,
         "palisade/time",
         palisade(time_window()).layer(echo()),
     );
-    bench_one(
+    bench_calls(
         &mut group,
         "palisade/consecutive",
         palisade(consecutive()).layer(echo()),
     );
-    bench_one(&mut group, "failsafe", failsafe_echo());
-    bench_one(
+    bench_calls(&mut group, "failsafe", failsafe_echo());
+    bench_calls(
         &mut group,
         "tower-resilience",
         tower_resilience().layer(echo()),
@@ -138,75 +118,32 @@ fn closed(c: &mut Criterion) {
     group.finish();
 }
 
-/// Measures two threads calling clones of one service, so they share its breaker.
-///
-/// One iteration is one call: of `iters` calls, one thread makes half (rounded up) and the
-/// other the rest. The time is from the moment both threads start (a barrier releases them;
-/// spawning is not timed) until the last one is done, so the time per iteration is the wall
-/// time per call with both threads busy: the inverse of their combined throughput.
-fn bench_two<S>(
-    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    service: S,
-) where
-    S: Service<u64> + Clone + Send,
-{
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let barrier = Barrier::new(2);
-            let shares = [iters.div_ceil(2), iters / 2];
-            let spans = thread::scope(|scope| {
-                let workers = shares.map(|calls| {
-                    let (mut service, barrier) = (service.clone(), &barrier);
-                    scope.spawn(move || {
-                        let executor = ThreadExecutor::new();
-                        barrier.wait();
-                        let start = Instant::now();
-                        for request in 0..calls {
-                            let ready = executor.block_on(service.ready());
-                            let Ok(ready) = ready else {
-                                panic!("the service failed its readiness check");
-                            };
-                            black_box(executor.block_on(ready.call(black_box(request))).is_ok());
-                        }
-                        (start, Instant::now())
-                    })
-                });
-                workers.map(|worker| worker.join().expect("bench thread panicked"))
-            });
-            let start = spans.iter().map(|span| span.0).min().expect("two spans");
-            let end = spans.iter().map(|span| span.1).max().expect("two spans");
-            end - start
-        });
-    });
-}
-
 fn closed_two_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker/closed-2-threads");
     group.throughput(Throughput::Elements(1));
 
-    bench_two(&mut group, "bare", echo());
+    bench_calls_two_threads(&mut group, "bare", echo());
     // Clones of one service share its breaker (for palisade, every service of one layer does).
-    bench_two(
+    bench_calls_two_threads(
         &mut group,
         "palisade/count",
         palisade(CircuitBreakerConfig::default()).layer(echo()),
     );
-    bench_two(
+    bench_calls_two_threads(
         &mut group,
         "palisade/time",
         palisade(time_window()).layer(echo()),
     );
-    bench_two(
+    bench_calls_two_threads(
         &mut group,
         "palisade/consecutive",
         palisade(consecutive()).layer(echo()),
     );
     // A failsafe `StateMachine` is an `Arc`: clones are the same breaker.
-    bench_two(&mut group, "failsafe", failsafe_echo());
+    bench_calls_two_threads(&mut group, "failsafe", failsafe_echo());
     // tower-resilience's `build()` layer makes a new breaker per `layer` call; clones of one
     // service share it.
-    bench_two(
+    bench_calls_two_threads(
         &mut group,
         "tower-resilience",
         tower_resilience().layer(echo()),

@@ -17,11 +17,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use palisade_benches::{assert_echoes, call_now, echo};
+use palisade_benches::{assert_echoes, bench_calls, echo};
 use palisade_ratelimit::{
     Algorithm, Clock, KeyedRateLimiter, Quota, RateLimitConfig, RateLimitLayer, RateLimiter,
 };
-use tower::{Layer, Service};
+use tower::Layer;
 
 const PER_SECOND: u32 = 1_000_000_000;
 
@@ -138,28 +138,18 @@ fn check_two_threads(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_service<S: Service<u64>>(group: &mut Group<'_>, name: &str, mut service: S) {
-    group.bench_function(name, |b| {
-        let mut request = 0u64;
-        b.iter(|| {
-            request = request.wrapping_add(1);
-            black_box(call_now(&mut service, black_box(request)))
-        });
-    });
-}
-
 fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratelimit/layer");
     group.throughput(Throughput::Elements(1));
     assert_echoes(RateLimitLayer::new(quota()).layer(echo()));
-    bench_service(&mut group, "bare", echo());
-    bench_service(
+    bench_calls(&mut group, "bare", echo());
+    bench_calls(
         &mut group,
         "palisade/gcra",
         RateLimitLayer::new(quota()).layer(echo()),
     );
     assert_echoes(quanta_layer().layer(echo()));
-    bench_service(
+    bench_calls(
         &mut group,
         "palisade/gcra-quanta",
         quanta_layer().layer(echo()),
@@ -174,7 +164,7 @@ fn layer(c: &mut Criterion) {
         rate.layer(echo())
     };
     assert_echoes(tower_limit());
-    bench_service(&mut group, "tower/rate-limit", tower_limit());
+    bench_calls(&mut group, "tower/rate-limit", tower_limit());
     group.finish();
 }
 

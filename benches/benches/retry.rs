@@ -6,12 +6,11 @@
 //! (all complete at once, so no runtime is measured).
 
 use std::future::Ready;
-use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use palisade_benches::{assert_echoes, call_now, echo};
+use palisade_benches::{assert_echoes, bench_calls, echo};
 use palisade_retry::{RetryConfig, RetryLayer};
-use tower::{Layer, Service};
+use tower::Layer;
 
 /// tower's retry with a policy that never retries: its cheapest configuration.
 #[derive(Clone, Copy)]
@@ -29,22 +28,6 @@ impl<E> tower::retry::Policy<u64, u64, E> for NeverRetry {
     }
 }
 
-fn bench<S>(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    mut service: S,
-) where
-    S: Service<u64>,
-{
-    let mut request = 0u64;
-    group.bench_function(name, |b| {
-        b.iter(|| {
-            request = request.wrapping_add(1);
-            black_box(call_now(&mut service, black_box(request)))
-        })
-    });
-}
-
 fn retry(c: &mut Criterion) {
     let unbudgeted = RetryConfig::builder().unbudgeted().build().expect("valid");
     assert_echoes(tower::retry::RetryLayer::new(NeverRetry).layer(echo()));
@@ -54,18 +37,18 @@ fn retry(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("retry/success");
     group.throughput(Throughput::Elements(1));
-    bench(&mut group, "bare", echo());
-    bench(
+    bench_calls(&mut group, "bare", echo());
+    bench_calls(
         &mut group,
         "tower/never-retry",
         tower::retry::RetryLayer::new(NeverRetry).layer(echo()),
     );
-    bench(
+    bench_calls(
         &mut group,
         "palisade/budget",
         RetryLayer::new(RetryConfig::default()).layer(echo()),
     );
-    bench(
+    bench_calls(
         &mut group,
         "palisade/unbudgeted",
         RetryLayer::new(unbudgeted).layer(echo()),

@@ -11,23 +11,9 @@ use std::thread;
 use std::time::Instant;
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use palisade_benches::{assert_echoes, call_now, echo};
+use palisade_benches::{assert_echoes, bench_calls, call_now, echo};
 use palisade_shutdown::Shutdown;
 use tower::{Layer, Service};
-
-fn bench_one<S: Service<u64>>(
-    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    name: &str,
-    mut service: S,
-) {
-    group.bench_function(name, |b| {
-        let mut request = 0u64;
-        b.iter(|| {
-            request = request.wrapping_add(1);
-            black_box(call_now(&mut service, black_box(request)))
-        });
-    });
-}
 
 fn running(c: &mut Criterion) {
     let shutdown = Shutdown::new();
@@ -36,8 +22,8 @@ fn running(c: &mut Criterion) {
 
     assert_echoes(shutdown.layer().layer(echo()));
 
-    bench_one(&mut group, "bare", echo());
-    bench_one(&mut group, "palisade", shutdown.layer().layer(echo()));
+    bench_calls(&mut group, "bare", echo());
+    bench_calls(&mut group, "palisade", shutdown.layer().layer(echo()));
     group.finish();
 }
 

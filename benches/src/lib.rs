@@ -103,3 +103,65 @@ impl Default for ThreadExecutor {
         Self::new()
     }
 }
+
+/// The criterion group type every bench here uses.
+pub type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Measures `service` on one thread: one `ready` + `call` + poll per iteration, each request
+/// a new number.
+pub fn bench_calls<S: Service<u64>>(group: &mut Group<'_>, name: &str, mut service: S) {
+    group.bench_function(name, |b| {
+        let mut request = 0u64;
+        b.iter(|| {
+            request = request.wrapping_add(1);
+            std::hint::black_box(call_now(&mut service, std::hint::black_box(request)))
+        });
+    });
+}
+
+/// Measures two threads calling clones of `service`, so they share its state, each polling
+/// with a [`ThreadExecutor`] (a call may wait for the other thread).
+///
+/// One iteration is one call: of `iters` calls, one thread makes half (rounded up) and the
+/// other the rest. The time is from the moment both threads start (a barrier releases them;
+/// spawning is not timed) until the last one is done, so the time per iteration is the wall
+/// time per call with both threads busy: the inverse of their combined throughput.
+///
+/// # Panics
+///
+/// If the service fails its readiness check or a thread panics.
+pub fn bench_calls_two_threads<S>(group: &mut Group<'_>, name: &str, service: S)
+where
+    S: Service<u64> + Clone + Send,
+{
+    use std::hint::black_box;
+    use std::time::Instant;
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = std::sync::Barrier::new(2);
+            let shares = [iters.div_ceil(2), iters / 2];
+            let spans = thread::scope(|scope| {
+                let workers = shares.map(|calls| {
+                    let (mut service, barrier) = (service.clone(), &barrier);
+                    scope.spawn(move || {
+                        let executor = ThreadExecutor::new();
+                        barrier.wait();
+                        let start = Instant::now();
+                        for request in 0..calls {
+                            let ready = executor.block_on(service.ready());
+                            let Ok(ready) = ready else {
+                                panic!("the service failed its readiness check");
+                            };
+                            black_box(executor.block_on(ready.call(black_box(request))).is_ok());
+                        }
+                        (start, Instant::now())
+                    })
+                });
+                workers.map(|worker| worker.join().expect("bench thread panicked"))
+            });
+            let start = spans.iter().map(|span| span.0).min().expect("two spans");
+            let end = spans.iter().map(|span| span.1).max().expect("two spans");
+            end - start
+        });
+    });
+}
