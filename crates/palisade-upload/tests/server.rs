@@ -362,23 +362,38 @@ async fn malformed_requests_get_their_statuses() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_patch_is_refused_and_never_interleaved() {
-    let (server, dir) = server(ServerConfig::new());
-    let url = create(&server, 8).await;
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
-    let first = tokio::spawn({
+/// A `PATCH` at offset 0 of `url` whose body is fed through the returned sender; returns
+/// once its first `bytes` reached the store, so the upload is held by it.
+async fn held_patch(
+    server: &Server,
+    dir: &tempfile::TempDir,
+    url: &str,
+    bytes: &'static [u8],
+) -> (
+    http_body_util::channel::Sender<Bytes, std::io::Error>,
+    tokio::task::JoinHandle<Response<Full<Bytes>>>,
+    std::path::PathBuf,
+) {
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    let holder = tokio::spawn({
         let server = server.clone();
-        let req = patch(&url, 0).body(body).unwrap();
+        let req = patch(url, 0).body(body).unwrap();
         async move { server.oneshot(req).await.unwrap() }
     });
-    tx.send_data(Bytes::from_static(b"aaaa")).await.unwrap();
-    // Wait until the first PATCH holds the upload (its bytes are in the pending region).
+    tx.send_data(Bytes::from_static(bytes)).await.unwrap();
     let id = url.rsplit('/').next().unwrap().to_owned();
     let bin = dir.path().join("store").join(format!("{id}.bin"));
-    while std::fs::metadata(&bin).unwrap().len() < 4 {
+    while std::fs::metadata(&bin).unwrap().len() < bytes.len() as u64 {
         tokio::task::yield_now().await;
     }
+    (tx, holder, bin)
+}
+
+#[tokio::test]
+async fn concurrent_patch_is_refused_and_never_interleaved() {
+    let (server, dir) = server(ServerConfig::new().lock_wait(Duration::ZERO));
+    let url = create(&server, 8).await;
+    let (mut tx, first, bin) = held_patch(&server, &dir, &url, b"aaaa").await;
     let second = call(&server, patch(&url, 0), b"bbbbbbbb").await;
     assert_eq!(second.status(), StatusCode::LOCKED);
     let delete = call(&server, req("DELETE", &url), b"").await;
@@ -388,6 +403,29 @@ async fn concurrent_patch_is_refused_and_never_interleaved() {
     let first = first.await.unwrap();
     assert_eq!(first.status(), StatusCode::NO_CONTENT);
     assert_eq!(std::fs::read(bin).unwrap(), b"aaaacccc");
+    assert_eq!(offset(&server, &url).await, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_patch_waits_for_a_cut_one_to_end_and_then_writes_alone() {
+    let (server, dir) = server(ServerConfig::new());
+    let url = create(&server, 8).await;
+    let (tx, cut, bin) = held_patch(&server, &dir, &url, b"aaaa").await;
+    // The retry arrives while the cut request still holds the upload.
+    let retry = tokio::spawn({
+        let server = server.clone();
+        let req = patch(&url, 0)
+            .body(Full::new(Bytes::from_static(b"bbbbbbbb")))
+            .unwrap();
+        async move { server.oneshot(req).await.unwrap() }
+    });
+    // A second of the paused clock: far less than the lock wait, far more than a poll.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!retry.is_finished(), "the retry waits for the holder");
+    tx.abort(std::io::Error::other("connection cut"));
+    assert_eq!(cut.await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(retry.await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(std::fs::read(bin).unwrap(), b"bbbbbbbb");
     assert_eq!(offset(&server, &url).await, 8);
 }
 

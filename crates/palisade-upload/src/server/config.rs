@@ -14,7 +14,8 @@ use super::hooks::{AuthRequest, AuthorizeFn, Clock, CompleteFn, Completed, Denie
 ///
 /// The [`Default`]: mounted at `/files`, no size limit, unfinished uploads expire 24 hours
 /// after their last write, a request body must arrive within 5 minutes with no gap longer
-/// than 30 seconds, no hooks.
+/// than 30 seconds, a request for an upload another request is writing waits up to 5 seconds
+/// for it, no hooks.
 #[derive(Clone)]
 pub struct ServerConfig {
     pub(crate) base_path: String,
@@ -22,6 +23,7 @@ pub struct ServerConfig {
     pub(crate) expires_after: Option<Duration>,
     pub(crate) body_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) lock_wait: Duration,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) authorize: Option<AuthorizeFn>,
     pub(crate) on_complete: Option<CompleteFn>,
@@ -36,6 +38,7 @@ impl fmt::Debug for ServerConfig {
             .field("expires_after", &self.expires_after)
             .field("body_timeout", &self.body_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("lock_wait", &self.lock_wait)
             .field("clock", &self.clock)
             .field("authorize", &self.authorize.is_some())
             .field("on_complete", &self.on_complete.is_some())
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             expires_after: Some(Duration::from_secs(24 * 60 * 60)),
             body_timeout: Duration::from_secs(5 * 60),
             idle_timeout: Duration::from_secs(30),
+            lock_wait: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
             authorize: None,
             on_complete: None,
@@ -106,6 +110,19 @@ impl ServerConfig {
     #[must_use]
     pub const fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a `PATCH` or `DELETE` waits for another request writing the same upload to
+    /// end before it gets `423 Locked` (default 5 seconds; zero refuses at once). Requests
+    /// never interleave: the waiter goes on only after the holder committed or discarded
+    /// its chunk, so it meets `409` if the offset moved.
+    ///
+    /// The wait is for a client retrying a cut chunk: its new request usually arrives
+    /// before the server has seen the old connection fail.
+    #[must_use]
+    pub const fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 

@@ -48,7 +48,7 @@ pub enum UploadError {
     /// A `PATCH` without `Content-Type: application/offset+octet-stream`: 415.
     #[error("content-type must be application/offset+octet-stream")]
     UnsupportedMediaType,
-    /// Another request is writing to this upload: 423.
+    /// Another request was still writing to this upload when the lock wait ended: 423.
     #[error("upload is locked by another request")]
     Locked,
     /// A method the resource does not support: 405.

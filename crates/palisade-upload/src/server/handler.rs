@@ -264,7 +264,7 @@ where
     let expires_at = inner.config.expires_after.map(|ttl| now + ttl);
     let id = UploadId::generate();
     let mut info = UploadInfo::new(id, length, metadata, expires_at);
-    let guard = inner.lock(id).ok_or(UploadError::Locked)?;
+    let guard = inner.lock(id).await?;
     inner.store.create(&info).await?;
     tracing::debug!(%id, ?length, "upload created");
     inner.emit(&UploadEvent::Created { id, length });
@@ -350,7 +350,7 @@ where
         "upload-length must be a non-negative integer",
     )?;
     let checksum = parse_checksum(req.headers())?;
-    let guard = inner.lock(id).ok_or(UploadError::Locked)?;
+    let guard = inner.lock(id).await?;
     let mut info = load(inner, &id).await?;
     authorize(inner, head_of(&req), Action::Write, Some(&info)).await?;
     if offset != info.offset {
@@ -398,7 +398,7 @@ async fn terminate<S: Store>(
     req: Head<'_>,
     id: UploadId,
 ) -> Result<Resp, UploadError> {
-    let _guard = inner.lock(id).ok_or(UploadError::Locked)?;
+    let _guard = inner.lock(id).await?;
     let info = inner.store.info(&id).await?;
     authorize(inner, req, Action::Terminate, Some(&info)).await?;
     inner.store.remove(&id).await?;

@@ -8,7 +8,10 @@
 //! - Chunks are streamed to the store frame by frame (memory does not grow with the chunk)
 //!   and committed only after the whole body arrived and its `Upload-Checksum` verified;
 //!   anything else leaves the offset unchanged.
-//! - One writer per upload: a second `PATCH` while one is running gets `423 Locked`.
+//! - One writer per upload, never interleaved: a `PATCH` (or `DELETE`) for an upload another
+//!   request is writing waits up to [`ServerConfig::lock_wait`] for it to end, then proceeds
+//!   (and meets `409` if the offset moved) or gets `423 Locked`. The wait covers the usual
+//!   case of a client retrying a cut chunk before the server noticed the cut.
 //! - `Tus-Max-Size` (413), a body deadline and an idle gap limit (408), an authorization
 //!   hook per request and at completion, a completion hook with the file's SHA-256.
 //! - Ids are generated here; nothing a client sends reaches a file path.
@@ -22,7 +25,7 @@
 //! | offset mismatch | 409 |
 //! | over the size limit | 413 |
 //! | `PATCH` with another `Content-Type` | 415 |
-//! | concurrent `PATCH` | 423 |
+//! | concurrent `PATCH`, still running after the lock wait | 423 |
 //! | checksum mismatch | 460 |
 //!
 //! # Example
@@ -51,7 +54,8 @@ mod event;
 mod handler;
 mod hooks;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
@@ -81,8 +85,9 @@ pub struct TusServer<S> {
 pub(crate) struct Inner<S> {
     pub(crate) store: S,
     pub(crate) config: ServerConfig,
-    /// Uploads with a `PATCH`, `POST`-with-body or `DELETE` in progress.
-    pub(crate) writers: Mutex<HashSet<UploadId>>,
+    /// Uploads with a `PATCH`, `POST`-with-body or `DELETE` in progress; the sender is
+    /// dropped when the writer ends, which wakes the requests waiting for the upload.
+    pub(crate) writers: Mutex<HashMap<UploadId, tokio::sync::watch::Sender<()>>>,
     /// The running SHA-256 of each unfinished upload, with the offset it covers.
     pub(crate) hashers: Mutex<HashMap<UploadId, (u64, sha2::Sha256)>>,
 }
@@ -112,7 +117,7 @@ impl<S: Store> TusServer<S> {
             inner: Arc::new(Inner {
                 store,
                 config,
-                writers: Mutex::new(HashSet::new()),
+                writers: Mutex::default(),
                 hashers: Mutex::new(HashMap::new()),
             }),
         }
@@ -137,7 +142,7 @@ impl<S: Store> TusServer<S> {
             if !info.is_expired(now) {
                 continue;
             }
-            let Some(_guard) = self.inner.lock(info.id) else {
+            let Some(_guard) = self.inner.try_lock(info.id) else {
                 continue;
             };
             match self.inner.store.remove(&info.id).await {
@@ -192,14 +197,51 @@ impl<S> Inner<S> {
         }
     }
 
-    pub(crate) fn lock(&self, id: UploadId) -> Option<WriteGuard<'_, S>> {
-        let fresh = self
+    /// The upload's write lock if no request holds it now.
+    pub(crate) fn try_lock(&self, id: UploadId) -> Option<WriteGuard<'_, S>> {
+        match self
             .writers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id);
-        // Not `then_some`: a guard built for a refused caller would free the holder's lock.
-        fresh.then(|| WriteGuard { inner: self, id })
+            .entry(id)
+        {
+            Entry::Vacant(slot) => {
+                slot.insert(tokio::sync::watch::Sender::new(()));
+                Some(WriteGuard { inner: self, id })
+            }
+            // No guard for a refused caller: its drop would free the holder's lock.
+            Entry::Occupied(_) => None,
+        }
+    }
+
+    /// The upload's write lock, waiting up to the configured lock wait for the request
+    /// holding it to end.
+    pub(crate) async fn lock(&self, id: UploadId) -> Result<WriteGuard<'_, S>, UploadError> {
+        let deadline = tokio::time::Instant::now() + self.config.lock_wait;
+        loop {
+            let mut ended = {
+                let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+                match writers.entry(id) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(tokio::sync::watch::Sender::new(()));
+                        return Ok(WriteGuard { inner: self, id });
+                    }
+                    // Subscribed under the map's lock, so the holder's end cannot be missed.
+                    Entry::Occupied(holder) => holder.get().subscribe(),
+                }
+            };
+            if self.config.lock_wait.is_zero() {
+                return Err(UploadError::Locked);
+            }
+            // `changed` fails once the holder's guard dropped the sender.
+            let holder_ended = async { while ended.changed().await.is_ok() {} };
+            if tokio::time::timeout_at(deadline, holder_ended)
+                .await
+                .is_err()
+            {
+                return Err(UploadError::Locked);
+            }
+        }
     }
 
     pub(crate) fn forget_hasher(&self, id: &UploadId) -> Option<(u64, sha2::Sha256)> {
