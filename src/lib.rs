@@ -36,9 +36,9 @@
 //! | `metrics` | | a listener that records events through the `metrics` facade |
 //! | `full` | | everything above |
 //!
-//! The layers (`CircuitBreakerLayer`, `RateLimitLayer`, `RetryLayer`, `ConcurrencyPoolLayer`,
-//! `ShutdownLayer`) and the companion crates (jobs, WebSocket, upload, lock, events, batch) get
-//! their features as they land; the README's status table says which exist today.
+//! [`prelude`] brings [`ServiceBuilderExt`] (one `ServiceBuilder` method per layer: `shutdown`,
+//! `http_shutdown`, `rate_limiter`, `concurrency_pool`, `circuit_breaker`, `retry_with`) and
+//! the types most programs name.
 //!
 //! # Example
 //!
@@ -58,6 +58,11 @@
 //! # #[cfg(not(feature = "core"))]
 //! # fn main() {}
 //! ```
+
+mod builder;
+pub mod prelude;
+
+pub use crate::builder::ServiceBuilderExt;
 
 #[cfg(feature = "core")]
 #[doc(inline)]

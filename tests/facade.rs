@@ -125,3 +125,67 @@ async fn batch_is_reexported() {
     assert_eq!(report.succeeded.len(), 4);
     assert_eq!(report.failed.len(), 1);
 }
+
+#[cfg(all(
+    feature = "shutdown",
+    feature = "rate-limit",
+    feature = "pool",
+    feature = "breaker",
+    feature = "retry"
+))]
+#[tokio::test(start_paused = true)]
+async fn service_builder_ext_stacks_every_layer_in_order() {
+    use palisade::core::{BoxError, Rejection};
+    use palisade::prelude::*;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::{ServiceBuilder, ServiceExt as _};
+
+    static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+    let shutdown = Shutdown::new();
+    let service = ServiceBuilder::new()
+        .shutdown(&shutdown)
+        .rate_limiter(Quota::per_minute(NonZeroU32::new(2).expect("non-zero")))
+        .concurrency_pool(
+            PoolConfig::builder(NonZeroU32::new(8).expect("non-zero"))
+                .build()
+                .expect("valid"),
+        )
+        .circuit_breaker(CircuitBreakerConfig::default())
+        .retry_with(RetryConfig::default())
+        .service_fn(|n: u32| async move {
+            // The first attempt of all fails: only the retry layer can turn it into a success.
+            if ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err::<u32, BoxError>("flaky".into())
+            } else {
+                Ok(n * 2)
+            }
+        });
+    // The order is the builder's: the first method is the outermost layer.
+    let service: palisade::shutdown::ShutdownService<
+        palisade::rate_limit::RateLimit<
+            palisade::pool::ConcurrencyPool<
+                palisade::breaker::CircuitBreaker<palisade::retry::Retry<_>>,
+            >,
+        >,
+    > = service;
+
+    assert_eq!(service.clone().oneshot(1).await.expect("retried"), 2);
+    assert_eq!(ATTEMPTS.load(Ordering::SeqCst), 2, "one retry inside");
+    assert_eq!(service.clone().oneshot(2).await.expect("second of two"), 4);
+    let refused = service
+        .clone()
+        .oneshot(3)
+        .await
+        .expect_err("the quota is two a minute");
+    assert!(
+        matches!(Rejection::find(&*refused), Some(Rejection::RateLimited(_))),
+        "{refused}"
+    );
+    assert_eq!(
+        ATTEMPTS.load(Ordering::SeqCst),
+        3,
+        "the refused call never ran"
+    );
+    assert_eq!(shutdown.in_flight(), 0, "every call was counted out");
+}
