@@ -237,7 +237,7 @@ impl RetryAfter for Rejection<'_> {
 mod http_response {
     use super::{Rejection, RetryAfter};
     use http::{HeaderValue, Response, StatusCode, header};
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     impl Rejection<'_> {
         /// The status a server answers this rejection with: `429 Too Many Requests` for
@@ -293,7 +293,126 @@ mod http_response {
             .saturating_add(u64::from(delay.subsec_nanos() > 0));
         HeaderValue::from(secs)
     }
+
+    /// The delay a `Retry-After` value asks for, seen at `now` (feature `http`): either
+    /// form of RFC 9110, section 10.2.3: delta-seconds, or an IMF-fixdate
+    /// (`Sun, 06 Nov 1994 08:49:37 GMT`), whose distance from `now` is the delay (a date in
+    /// the past means no delay). `None` for anything else, the obsolete RFC 850 and asctime
+    /// dates included. A delay beyond `u64` seconds saturates.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use http::HeaderValue;
+    /// use palisade_core::reject::parse_retry_after;
+    ///
+    /// let now = UNIX_EPOCH + Duration::from_secs(784_111_770);
+    /// let seconds = HeaderValue::from_static("120");
+    /// assert_eq!(parse_retry_after(&seconds, now), Some(Duration::from_secs(120)));
+    /// let date = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+    /// assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(7)));
+    /// assert_eq!(parse_retry_after(&HeaderValue::from_static("soon"), now), None);
+    /// ```
+    pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
+        let value = value.to_str().ok()?.trim();
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+        }
+        let at = http_date(value)?;
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+
+    /// Parses an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`.
+    fn http_date(value: &str) -> Option<SystemTime> {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut parts = value.split_ascii_whitespace();
+        let weekday = parts.next()?;
+        let (day, month, year, time, zone) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if parts.next().is_some() || zone != "GMT" || !weekday.ends_with(',') || weekday.len() != 4
+        {
+            return None;
+        }
+        let month = i64::try_from(MONTHS.iter().position(|m| *m == month)?).ok()? + 1;
+        let number = |s: &str, len: usize| -> Option<i64> {
+            (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+        };
+        let (day, year) = (number(day, 2)?, number(year, 4)?);
+        let mut hms = time.split(':');
+        let (hour, minute, second) = (
+            number(hms.next()?, 2)?,
+            number(hms.next()?, 2)?,
+            number(hms.next()?, 2)?,
+        );
+        if hms.next().is_some()
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let secs = u64::try_from(days * 86_400 + hour * 3_600 + minute * 60 + second).ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let year = if month <= 2 { year - 1 } else { year };
+        let era = year.div_euclid(400);
+        let year_of_era = year.rem_euclid(400);
+        let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        era * 146_097 + day_of_era - 719_468
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn http_dates_are_read_as_imf_fixdates() {
+            let at = |s| http_date(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+            assert_eq!(at("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+            assert_eq!(at("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+            assert_eq!(at("Tue, 29 Feb 2000 12:00:00 GMT"), Some(951_825_600));
+            assert_eq!(at("Sun, 06 Nov 1994 08:49:37 UTC"), None);
+            assert_eq!(
+                at("Sunday, 06-Nov-94 08:49:37 GMT"),
+                None,
+                "RFC 850: obsolete"
+            );
+            assert_eq!(at("Sun Nov  6 08:49:37 1994"), None, "asctime: obsolete");
+            assert_eq!(at("Sun, 06 Nov 1994 24:49:37 GMT"), None);
+        }
+
+        #[test]
+        fn retry_after_reads_seconds_and_dates_and_a_past_date_means_now() {
+            let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+            let parse = |s| parse_retry_after(&HeaderValue::from_static(s), now);
+            assert_eq!(parse(" 30 "), Some(Duration::from_secs(30)));
+            assert_eq!(
+                parse("99999999999999999999999"),
+                Some(Duration::from_secs(u64::MAX))
+            );
+            assert_eq!(parse("Fri, 31 Dec 1999 23:59:59 GMT"), Some(Duration::ZERO));
+            assert_eq!(
+                parse("Sun, 09 Sep 2001 01:47:00 GMT"),
+                Some(Duration::from_secs(20))
+            );
+            assert_eq!(parse("-5"), None);
+            assert_eq!(parse("1.5"), None);
+            assert_eq!(parse(""), None);
+        }
+    }
 }
 
 #[cfg(feature = "http")]
-pub use self::http_response::{rejection_response, retry_after_value};
+pub use self::http_response::{parse_retry_after, rejection_response, retry_after_value};

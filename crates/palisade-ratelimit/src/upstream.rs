@@ -11,7 +11,7 @@ use std::time::Duration;
 use ::http::header::RETRY_AFTER;
 use ::http::{HeaderMap, HeaderName, Response, StatusCode};
 use palisade_core::BoxError;
-use palisade_core::reject::RateLimited;
+use palisade_core::reject::{RateLimited, parse_retry_after};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
@@ -31,8 +31,8 @@ pub const DEFAULT_BARE_429_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long an upstream's response asks its clients to hold off, if at all:
 ///
-/// - `429 Too Many Requests` or `503 Service Unavailable` with `Retry-After` in
-///   delta-seconds: that long (an HTTP-date `Retry-After` is not read here);
+/// - `429 Too Many Requests` or `503 Service Unavailable` with `Retry-After`: that long
+///   (delta-seconds, or an HTTP-date measured from the system clock's now);
 /// - `429` without one: `bare_429`;
 /// - `RateLimit: "policy";r=0;t=N` (IETF draft): `N` seconds (the longest of the spent
 ///   policies);
@@ -47,7 +47,7 @@ pub fn upstream_pause<B>(response: &Response<B>, bare_429: Duration) -> Option<D
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
         match headers
             .get(RETRY_AFTER)
-            .and_then(|v| seconds(v.to_str().ok()?))
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
         {
             Some(after) => longest(after),
             None if status == StatusCode::TOO_MANY_REQUESTS => longest(bare_429),

@@ -162,6 +162,21 @@ fn what_responses_ask_for() {
     assert_eq!(pause(response(429, &[("retry-after", "soon")])), Some(bare));
     assert_eq!(pause(response(503, &[])), None);
     assert_eq!(
+        pause(response(
+            503,
+            &[("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT")]
+        )),
+        Some(Duration::ZERO),
+        "an HTTP-date in the past: no wait"
+    );
+    let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(3_600);
+    let date = httpdate_of(in_an_hour);
+    let asked = pause(response(429, &[("retry-after", &date)])).expect("a date is read");
+    assert!(
+        asked > Duration::from_secs(3_500) && asked <= Duration::from_secs(3_600),
+        "{asked:?}"
+    );
+    assert_eq!(
         pause(response(503, &[("retry-after", "4")])),
         Some(Duration::from_secs(4))
     );
@@ -187,4 +202,35 @@ fn what_responses_ask_for() {
         Some(Duration::from_secs(6)),
         "the longest wins"
     );
+}
+
+/// `at` as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_of(at: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days % 7).expect("small")],
+        MONTHS[usize::try_from(month - 1).expect("small")],
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }

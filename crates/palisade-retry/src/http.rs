@@ -58,6 +58,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use palisade_core::classify::{Outcome, StatusClassify};
+use palisade_core::reject::parse_retry_after;
 
 pub use crate::body::{BodyReadFailed, BufferBody, BufferBodyLayer, BufferFuture, ReplayBody};
 use crate::config::RetryConfig;
@@ -235,99 +236,11 @@ fn hint<ResBody>(response: &Response<ResBody>) -> Hint {
     }
     let status = response.status();
     if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
-        && let Some(after) = headers.get(header::RETRY_AFTER).and_then(retry_after)
+        && let Some(after) = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()))
     {
         return Hint::After(after);
     }
     Hint::Backoff
-}
-
-/// A `Retry-After` value: delta-seconds, or an IMF-fixdate (RFC 9110, section 5.6.7).
-fn retry_after(value: &http::HeaderValue) -> Option<Duration> {
-    let value = value.to_str().ok()?.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // A delay beyond u64 seconds is "never"; saturate.
-        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
-    }
-    let at = http_date(value)?;
-    // A date in the past means "now".
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// Parses an IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(value: &str) -> Option<std::time::SystemTime> {
-    let mut parts = value.split_ascii_whitespace();
-    let weekday = parts.next()?;
-    let (day, month, year, time, zone) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
-    if parts.next().is_some() || zone != "GMT" || !weekday.ends_with(',') || weekday.len() != 4 {
-        return None;
-    }
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let number = |s: &str, len: usize| -> Option<i64> {
-        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
-    };
-    let (day, year) = (number(day, 2)?, number(year, 4)?);
-    let mut hms = time.split(':');
-    let (hour, minute, second) = (
-        number(hms.next()?, 2)?,
-        number(hms.next()?, 2)?,
-        number(hms.next()?, 2)?,
-    );
-    if hms.next().is_some() || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    let secs = u64::try_from(secs).ok()?;
-    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn http_dates_are_read_as_imf_fixdates() {
-        let at = |s| http_date(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
-        assert_eq!(at("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(at("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(at("Tue, 29 Feb 2000 12:00:00 GMT"), Some(951_825_600));
-        assert_eq!(at("Sun, 06 Nov 1994 08:49:37 UTC"), None);
-        assert_eq!(
-            at("Sunday, 06-Nov-94 08:49:37 GMT"),
-            None,
-            "RFC 850: obsolete"
-        );
-        assert_eq!(at("Sun Nov  6 08:49:37 1994"), None, "asctime: obsolete");
-        assert_eq!(at("Sun, 06 Nov 1994 24:49:37 GMT"), None);
-    }
-
-    #[test]
-    fn a_retry_after_date_in_the_past_means_now() {
-        let value = http::HeaderValue::from_static("Fri, 31 Dec 1999 23:59:59 GMT");
-        assert_eq!(retry_after(&value), Some(Duration::ZERO));
-    }
 }
