@@ -10,6 +10,9 @@
 //! [`stop`](RedisServer::stop) and [`restart`](RedisServer::restart) a server on the same
 //! port.
 //!
+//! Tests with a Node.js peer install pinned npm packages once per build with
+//! [`npm::NodeModules`].
+//!
 //! This crate is a dev-dependency only (`publish = false`), for Unix.
 //!
 //! # Environment
@@ -57,6 +60,7 @@
 pub mod alloc;
 mod error;
 mod nats;
+pub mod npm;
 mod postgres;
 mod process;
 mod redis;

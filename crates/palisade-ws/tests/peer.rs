@@ -2,19 +2,20 @@
 //! than tungstenite, scripted by `tests/peer/server.js` over its stdin and stdout.
 //!
 //! The test setup installs `ws` with npm into cargo's temp dir for integration tests, once
-//! (later runs reuse it). Without Node.js or npm, or when the install fails, each test is
-//! skipped with the reason; under `PALISADE_REQUIRE_SERVICES=1` it fails instead. These tests
-//! run on the real clock (the peer is another process), and they wait for what the peer or
-//! the client reports, never for a time.
+//! (later runs reuse it), through `palisade_testkit::npm`. Without Node.js or npm, or when
+//! the install fails, each test is skipped with the reason; under
+//! `PALISADE_REQUIRE_SERVICES=1` it fails instead. These tests run on the real clock (the
+//! peer is another process), and they wait for what the peer or the client reports, never
+//! for a time.
 
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_core::backoff::Backoff;
 use palisade_core::event::{Listener, listener_fn};
+use palisade_testkit::npm::NodeModules;
 use palisade_ws::{DisconnectReason, Message, Status, WsConfig, WsEvent, WsHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -24,74 +25,6 @@ use tokio::sync::watch;
 const WS_PACKAGE: &str = "ws@8.18.3";
 /// A guard against a peer that never starts; not a measurement.
 const START_GUARD: Duration = Duration::from_secs(60);
-
-/// Where `ws` is installed (a directory holding `node_modules/ws`), or why it is not.
-fn install() -> Result<&'static Path, String> {
-    static INSTALL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    INSTALL
-        .get_or_init(install_ws)
-        .as_deref()
-        .map_err(Clone::clone)
-}
-
-fn install_ws() -> Result<PathBuf, String> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{WS_PACKAGE}"));
-    let installed = |dir: &Path| dir.join("node_modules/ws/package.json").is_file();
-    if installed(&dir) {
-        return Ok(dir);
-    }
-    // Install next to it and move it into place in one step, so that a run that stops half
-    // way (or another test binary doing the same) never leaves a broken install behind.
-    let staging = dir.with_extension(format!("staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let output = std::process::Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--no-save",
-            "--silent",
-        ])
-        .arg("--prefix")
-        .arg(&staging)
-        .arg(WS_PACKAGE)
-        .stdin(Stdio::null())
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err("npm is not installed".to_owned());
-        }
-        Err(e) => return Err(format!("npm could not run: {e}")),
-    };
-    if !output.status.success() || !installed(&staging) {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!(
-            "`npm install {WS_PACKAGE}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    if std::fs::rename(&staging, &dir).is_err() {
-        // Someone else moved theirs into place first.
-        let _ = std::fs::remove_dir_all(&staging);
-        if !installed(&dir) {
-            return Err(format!("could not move the install to {}", dir.display()));
-        }
-    }
-    Ok(dir)
-}
-
-/// Skips the test with `reason`, or fails it under `PALISADE_REQUIRE_SERVICES=1`.
-fn skip(reason: &str) {
-    assert!(
-        std::env::var_os("PALISADE_REQUIRE_SERVICES").is_none_or(|v| v != "1"),
-        "the Node.js `ws` peer is required (PALISADE_REQUIRE_SERVICES=1): {reason}"
-    );
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("test");
-    eprintln!("skipping {test}: {reason}");
-}
 
 /// What the peer reported so far.
 #[derive(Default)]
@@ -116,30 +49,16 @@ struct NodePeer {
 impl NodePeer {
     /// Starts the peer; `None` (the test was skipped) when Node.js or `ws` is unavailable.
     async fn start_or_skip() -> Option<Self> {
-        let dir = match install() {
-            Ok(dir) => dir,
-            Err(reason) => {
-                skip(&reason);
-                return None;
-            }
-        };
+        let modules =
+            NodeModules::install_or_skip(Path::new(env!("CARGO_TARGET_TMPDIR")), &[WS_PACKAGE])?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peer/server.js");
-        let spawned = Command::new("node")
-            .arg(script)
-            .env("NODE_PATH", dir.join("node_modules"))
+        let mut child = Command::from(modules.node(script))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                skip("node is not installed");
-                return None;
-            }
-            Err(e) => panic!("could not run node: {e}"),
-        };
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run node: {e}"));
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut stderr = child.stderr.take().expect("piped");
