@@ -35,6 +35,10 @@ pub enum Error {
     /// A worker or store setting was out of range.
     #[error("invalid job queue configuration: {0}")]
     Config(&'static str),
+    /// The store does not implement an operation (a [`Store`](crate::Store) written
+    /// elsewhere that keeps a method's default).
+    #[error("the job store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl Error {

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use palisade_core::event::{Event, Reading};
 
-use crate::job::JobId;
+use crate::job::{Enqueued, JobId};
 use crate::store::{QueueStats, Rescued};
 
 /// Something the queue or a worker did.
@@ -19,6 +19,7 @@ use crate::store::{QueueStats, Rescued};
 /// |---|---|
 /// | `started` | histogram `palisade_jobs_pickup_seconds` (runnable to claimed) |
 /// | `completed`, `failed`, `dead_lettered` | histogram `palisade_jobs_run_seconds` |
+/// | `periodic_enqueued` | histogram `palisade_jobs_periodic_lag_seconds` (tick to enqueue) |
 /// | `depth` | gauges `palisade_jobs_available`, `_scheduled`, `_running`, `_dead` (of one queue: use one listener instance per queue to keep them apart) |
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -111,9 +112,24 @@ pub enum JobEvent {
     },
     /// The depth of one queue, per state.
     Depth(QueueStats),
+    /// A worker's scheduler enqueued the job of a periodic job's tick (it also reports
+    /// [`Enqueued`](Self::Enqueued)). Of all the workers sharing the database, only the one
+    /// that enqueued a tick reports it.
+    PeriodicEnqueued {
+        /// The periodic job's name.
+        name: Arc<str>,
+        /// The job: new, or the pending or running one holding the job's unique key.
+        enqueued: Enqueued,
+        /// The tick, in UTC: the oldest missed one when the job catches up after the
+        /// workers were down (see [`periodic`](crate::periodic#missed-ticks)).
+        tick: SystemTime,
+        /// How late the job was enqueued after its tick.
+        lag: Duration,
+    },
     /// A worker could not reach the database; it backs off and retries.
     StoreError {
-        /// What it was doing: `"claim"`, `"finish"`, `"heartbeat"`, `"rescue"`, `"release"`.
+        /// What it was doing: `"claim"`, `"finish"`, `"heartbeat"`, `"rescue"`, `"release"`,
+        /// `"periodic"`.
         operation: &'static str,
         /// The error.
         error: Arc<str>,
@@ -141,6 +157,7 @@ impl Event for JobEvent {
             Self::Cancelled { .. } => "cancelled",
             Self::Replayed { .. } => "replayed",
             Self::Depth(_) => "depth",
+            Self::PeriodicEnqueued { .. } => "periodic_enqueued",
             Self::StoreError { .. } => "store_error",
         }
     }
@@ -156,6 +173,10 @@ impl Event for JobEvent {
             | Self::DeadLettered { run_time, .. } => record(Reading::histogram(
                 "palisade_jobs_run_seconds",
                 run_time.as_secs_f64(),
+            )),
+            Self::PeriodicEnqueued { lag, .. } => record(Reading::histogram(
+                "palisade_jobs_periodic_lag_seconds",
+                lag.as_secs_f64(),
             )),
             Self::Depth(stats) => {
                 record(Reading::gauge(
@@ -194,6 +215,8 @@ pub struct Metrics {
     pub rescued: u64,
     /// Jobs put back unfinished at shutdown.
     pub released: u64,
+    /// Ticks of periodic jobs this worker enqueued (each tick is enqueued by one worker).
+    pub periodic: u64,
 }
 
 #[derive(Debug, Default)]
@@ -204,6 +227,7 @@ pub(crate) struct Counters {
     pub(crate) stale: AtomicU64,
     pub(crate) rescued: AtomicU64,
     pub(crate) released: AtomicU64,
+    pub(crate) periodic: AtomicU64,
 }
 
 impl Counters {
@@ -219,6 +243,7 @@ impl Counters {
             stale: self.stale.load(Ordering::Relaxed),
             rescued: self.rescued.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
+            periodic: self.periodic.load(Ordering::Relaxed),
         }
     }
 }

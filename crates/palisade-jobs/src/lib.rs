@@ -28,6 +28,13 @@
 //! - **Cancellation** of pending and running jobs ([`Jobs::cancel`]); **graceful shutdown**
 //!   wired to `palisade-shutdown` ([`Worker::spawn_with_shutdown`]): stop claiming, let
 //!   running jobs finish up to the drain deadline, release the rest to run again at once.
+//! - **Periodic jobs** ([`periodic`]): a job enqueued at every tick of a [`Schedule`], a
+//!   5-field cron expression (`*/15 9-17 * * MON-FRI`, `@daily`) or a fixed interval
+//!   ([`Schedule::every`]), in UTC; registered on a worker with
+//!   [`WorkerBuilder::periodic`]. **Once per tick across every worker process** sharing the
+//!   database (a compare-and-set on the stored next tick, in the enqueue's transaction), one
+//!   catch-up job after downtime, and tokio's clock, so tests drive them with
+//!   `tokio::time::pause`.
 //! - **Observability**: a `tracing` span per job; [`JobEvent`]s for core
 //!   [`Listener`](palisade_core::Listener)s (pickup latency and run-time histograms, depth
 //!   per state); counters per worker ([`WorkerHandle::metrics`]).
@@ -114,7 +121,9 @@ mod handler;
 mod job;
 mod jobs;
 mod migrate;
+pub mod periodic;
 mod row;
+pub mod schedule;
 pub mod store;
 pub mod worker;
 
@@ -125,6 +134,8 @@ pub use crate::job::{
     JobRecord, JobState, NewJob,
 };
 pub use crate::jobs::Jobs;
+pub use crate::periodic::PeriodicJob;
+pub use crate::schedule::{Schedule, ScheduleError};
 pub use crate::store::{DeadQuery, QueueStats, Store};
 pub use crate::worker::{Worker, WorkerBuilder, WorkerHandle};
 pub use palisade_core::{Backoff, BoxError, Jitter};

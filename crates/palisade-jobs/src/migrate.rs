@@ -18,12 +18,20 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "jobs and dead jobs",
-    sqlite: include_str!("migrations/sqlite/0001_jobs.sql"),
-    postgres: include_str!("migrations/postgres/0001_jobs.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jobs and dead jobs",
+        sqlite: include_str!("migrations/sqlite/0001_jobs.sql"),
+        postgres: include_str!("migrations/postgres/0001_jobs.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "periodic jobs",
+        sqlite: include_str!("migrations/sqlite/0002_periodic.sql"),
+        postgres: include_str!("migrations/postgres/0002_periodic.sql"),
+    },
+];
 
 /// The newest version this crate knows.
 pub(crate) fn latest() -> i64 {

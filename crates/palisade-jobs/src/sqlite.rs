@@ -23,9 +23,11 @@ use sqlx::{Connection as _, Row as _};
 
 use crate::error::Error;
 use crate::job::{
-    DeadJob, Enqueued, JobId, JobRecord, NewJob, RunAt, duration_micros, now_micros, to_micros,
+    DeadJob, Enqueued, JobId, JobRecord, NewJob, RunAt, duration_micros, from_micros, now_micros,
+    to_micros,
 };
 use crate::migrate::{self, MIGRATIONS};
+use crate::periodic::Tick;
 use crate::row::{self, dead_columns, non_negative, record_columns};
 use crate::store::{
     BoxFuture, Claimed, DeadQuery, LEASE_EXPIRED, Lease, Outcome, QueueStats, Rescued, Result,
@@ -758,6 +760,71 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected())
             })
+        })
+    }
+
+    fn periodic_next<'a>(
+        &'a self,
+        name: &'a str,
+        schedule: &'a str,
+        first: SystemTime,
+    ) -> BoxFuture<'a, Result<SystemTime>> {
+        Box::pin(async move {
+            let next: i64 = write_tx!(self, |conn| async move {
+                sqlx::query(concat!(
+                    "INSERT INTO palisade_jobs_periodic (name, schedule, next_run_at) ",
+                    "VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET ",
+                    "schedule = excluded.schedule, next_run_at = excluded.next_run_at ",
+                    "WHERE palisade_jobs_periodic.schedule <> excluded.schedule"
+                ))
+                .bind(name)
+                .bind(schedule)
+                .bind(to_micros(first))
+                .execute(&mut *conn)
+                .await?;
+                Ok(sqlx::query_scalar(
+                    "SELECT next_run_at FROM palisade_jobs_periodic WHERE name = ?1",
+                )
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?)
+            })?;
+            Ok(from_micros(next))
+        })
+    }
+
+    fn periodic_enqueue<'a>(&'a self, tick: &'a Tick) -> BoxFuture<'a, Result<Option<Enqueued>>> {
+        Box::pin(async move {
+            let enqueued = write_tx!(self, |conn| async move {
+                let advanced = sqlx::query(concat!(
+                    "UPDATE palisade_jobs_periodic SET next_run_at = ?4, last_run_at = ?3 ",
+                    "WHERE name = ?1 AND schedule = ?2 AND next_run_at = ?3"
+                ))
+                .bind(&tick.name)
+                .bind(&tick.schedule)
+                .bind(tick.due_micros())
+                .bind(tick.next_micros())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if advanced == 0 {
+                    return Ok(None);
+                }
+                let enqueued = insert_on(conn, std::slice::from_ref(&tick.job))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| Error::Corrupt("the store returned no id".to_owned()))?;
+                sqlx::query("UPDATE palisade_jobs_periodic SET last_job_id = ?2 WHERE name = ?1")
+                    .bind(&tick.name)
+                    .bind(enqueued.id().get())
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(Some(enqueued))
+            })?;
+            if enqueued.is_some() {
+                self.signals.jobs_available();
+            }
+            Ok(enqueued)
         })
     }
 }

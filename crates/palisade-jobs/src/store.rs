@@ -327,6 +327,38 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     /// Deletes completed and cancelled jobs that finished before `before`. Returns how many.
     fn purge_finished(&self, before: SystemTime) -> BoxFuture<'_, Result<u64>>;
+
+    /// Registers the [periodic job](crate::periodic) `name` scheduled by the expression
+    /// `schedule` and returns its stored next tick: `first` for a new row, and for a row that
+    /// was stored with another expression (which is then replaced); otherwise the row's own
+    /// next tick, untouched.
+    ///
+    /// The default refuses with [`Error::Unsupported`]: a store that wraps another should
+    /// forward it.
+    fn periodic_next<'a>(
+        &'a self,
+        name: &'a str,
+        schedule: &'a str,
+        first: SystemTime,
+    ) -> BoxFuture<'a, Result<SystemTime>> {
+        let _ = (name, schedule, first);
+        Box::pin(std::future::ready(Err(Error::Unsupported("periodic jobs"))))
+    }
+
+    /// Enqueues the job of a periodic job's tick if, and only if, its row still holds
+    /// `tick.schedule` and `tick.due` as its next tick, and moves that to `tick.next`, both in
+    /// one transaction: of the workers racing for one tick exactly one gets `Some`. `None`
+    /// when another worker took the tick or the schedule changed (read the row again with
+    /// [`periodic_next`](Self::periodic_next)). The job is runnable at once.
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    fn periodic_enqueue<'a>(
+        &'a self,
+        tick: &'a crate::periodic::Tick,
+    ) -> BoxFuture<'a, Result<Option<Enqueued>>> {
+        let _ = tick;
+        Box::pin(std::future::ready(Err(Error::Unsupported("periodic jobs"))))
+    }
 }
 
 /// The message stored when a job is rescued from a lost worker.

@@ -39,6 +39,8 @@ use crate::event::{Counters, JobEvent, Metrics};
 use crate::handler::{ErasedHandler, ServiceHandler, panic_message};
 use crate::job::{Job, JobId};
 use crate::jobs::Jobs;
+use crate::periodic::{PeriodicJob, Scheduler};
+use crate::schedule::Schedule;
 use crate::store::{Claimed, Lease, Outcome, Store};
 use palisade_core::BoxError;
 
@@ -90,6 +92,9 @@ pub struct WorkerBuilder {
     jobs: Jobs,
     queues: Vec<(String, usize)>,
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
+    periodic: Vec<PeriodicJob>,
+    /// A periodic job's payload that did not serialize, reported by `build`.
+    periodic_error: Option<Error>,
     lease: Duration,
     heartbeat: Option<Duration>,
     poll_interval: Duration,
@@ -105,6 +110,7 @@ impl std::fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("queues", &self.queues)
             .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("periodic", &self.periodic)
             .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
@@ -132,6 +138,34 @@ impl WorkerBuilder {
     {
         self.handlers
             .insert(J::TYPE, Arc::new(ServiceHandler::<J, S>::new(service)));
+        self
+    }
+
+    /// Enqueues `job` at every tick of `schedule` (UTC), under `name`, with the default job
+    /// options; see [`periodic`](crate::periodic). Of all the workers that register the same
+    /// name on one database, in any number of processes, exactly one enqueues each tick; after
+    /// the workers were down over several ticks, one catch-up job is enqueued, not one per
+    /// missed tick.
+    ///
+    /// The job runs like any other: this worker runs it only if it serves the job's queue and
+    /// has its handler. A payload that does not serialize is reported by
+    /// [`build`](Self::build).
+    #[must_use]
+    pub fn periodic<J: Job>(self, name: impl Into<String>, schedule: Schedule, job: &J) -> Self {
+        match PeriodicJob::of(name, schedule, job) {
+            Ok(job) => self.periodic_job(job),
+            Err(error) => Self {
+                periodic_error: self.periodic_error.or(Some(error)),
+                ..self
+            },
+        }
+    }
+
+    /// Registers a [`PeriodicJob`], whose job carries its own options (queue, priority,
+    /// attempts, unique key); see [`periodic`](Self::periodic).
+    #[must_use]
+    pub fn periodic_job(mut self, job: PeriodicJob) -> Self {
+        self.periodic.push(job);
         self
     }
 
@@ -201,12 +235,20 @@ impl WorkerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when no queue is given, a concurrency or the claim batch is zero,
-    /// the lease is zero, or the heartbeat is not shorter than the lease.
+    /// [`Error::Config`] when neither a queue nor a periodic job is given, a concurrency or
+    /// the claim batch is zero, the lease is zero, the heartbeat is not shorter than the
+    /// lease, or two periodic jobs share a name (or have none); [`Error::Serialize`] when the
+    /// payload of a periodic job given to [`periodic`](Self::periodic) did not serialize.
     pub fn build(self) -> Result<Worker, Error> {
-        if self.queues.is_empty() {
-            return Err(Error::Config("a worker needs at least one queue"));
+        if let Some(error) = self.periodic_error {
+            return Err(error);
         }
+        if self.queues.is_empty() && self.periodic.is_empty() {
+            return Err(Error::Config(
+                "a worker needs at least one queue or periodic job",
+            ));
+        }
+        crate::periodic::validate(&self.periodic)?;
         if self.queues.iter().any(|(_, concurrency)| *concurrency == 0) {
             return Err(Error::Config("a queue's concurrency must be at least 1"));
         }
@@ -235,6 +277,7 @@ impl WorkerBuilder {
             jobs: self.jobs,
             queues: self.queues,
             handlers: Arc::new(self.handlers),
+            periodic: self.periodic,
             config: Config {
                 lease: self.lease,
                 heartbeat,
@@ -281,6 +324,7 @@ pub struct Worker {
     jobs: Jobs,
     queues: Vec<(String, usize)>,
     handlers: Arc<HashMap<&'static str, Arc<dyn ErasedHandler>>>,
+    periodic: Vec<PeriodicJob>,
     config: Config,
 }
 
@@ -289,6 +333,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("queues", &self.queues)
             .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("periodic", &self.periodic)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -370,6 +415,8 @@ impl Worker {
             jobs: jobs.clone(),
             queues: Vec::new(),
             handlers: HashMap::new(),
+            periodic: Vec::new(),
+            periodic_error: None,
             lease: DEFAULT_LEASE,
             heartbeat: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
@@ -415,12 +462,24 @@ impl Worker {
             cancel: cancel.clone(),
         });
         let queues = self.queues;
+        let periodic = self.periodic;
         let task = tokio::spawn(async move {
             shared.store.listen();
             let mut loops = JoinSet::new();
             for (queue, concurrency) in queues {
                 let queue_loop = QueueLoop::new(Arc::clone(&shared), queue.into(), concurrency);
                 loops.spawn(queue_loop.run());
+            }
+            if !periodic.is_empty() {
+                let scheduler = Scheduler {
+                    store: Arc::clone(&shared.store),
+                    listener: Arc::clone(&shared.listener),
+                    counters: Arc::clone(&shared.counters),
+                    stop: shared.stop.clone(),
+                    store_backoff: shared.config.store_backoff,
+                    jobs: periodic,
+                };
+                loops.spawn(scheduler.run());
             }
             loops.spawn(maintain(Arc::clone(&shared)));
             while let Some(done) = loops.join_next().await {
@@ -1074,7 +1133,53 @@ mod tests {
         };
         assert_eq!(
             refused(Worker::builder(&jobs)),
-            "a worker needs at least one queue"
+            "a worker needs at least one queue or periodic job"
+        );
+        let hourly = Schedule::cron("@hourly").unwrap();
+        let job = crate::NewJob::from_json("tick", "{}");
+        assert_eq!(
+            refused(
+                Worker::builder(&jobs)
+                    .periodic_job(PeriodicJob::new("a", hourly.clone(), job.clone()))
+                    .periodic_job(PeriodicJob::new("a", hourly.clone(), job.clone()))
+            ),
+            "two periodic jobs of one worker have the same name"
+        );
+        assert_eq!(
+            refused(Worker::builder(&jobs).periodic_job(PeriodicJob::new(
+                "",
+                hourly.clone(),
+                job.clone()
+            ))),
+            "a periodic job needs a name"
+        );
+        struct Unserializable;
+        impl serde::Serialize for Unserializable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for Unserializable {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                Err(serde::de::Error::custom("no"))
+            }
+        }
+        impl Job for Unserializable {
+            const TYPE: &'static str = "unserializable";
+        }
+        assert!(matches!(
+            Worker::builder(&jobs)
+                .queue("a", 1)
+                .periodic("u", hourly.clone(), &Unserializable)
+                .build(),
+            Err(Error::Serialize(_))
+        ));
+        // A scheduler-only worker (no queue) is fine.
+        assert!(
+            Worker::builder(&jobs)
+                .periodic_job(PeriodicJob::new("b", hourly, job))
+                .build()
+                .is_ok()
         );
         assert_eq!(
             refused(Worker::builder(&jobs).queue("a", 0)),
