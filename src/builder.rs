@@ -17,6 +17,11 @@ use tower::layer::util::Stack;
 /// tower's `limit` or `retry` features are on, and an inherent method always wins over a
 /// trait's, so ours would be unreachable in most applications.
 ///
+/// Each layer's HTTP variant (`http_rate_limiter`, `http_concurrency_pool`,
+/// `http_circuit_breaker`, `http_retry`, with feature `http`) answers refusals with responses
+/// (`429` / `503` + `Retry-After`), so an axum router whose error is `Infallible` needs no
+/// `HandleErrorLayer`, and classifies by status.
+///
 /// The recommended order for a server, outermost first: shutdown (every request is counted
 /// for the drain), rate limit (cheap rejections before any queueing), concurrency pool,
 /// circuit breaker; a client puts retry outside its breaker and rate limiter, so a retry
@@ -86,6 +91,46 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
         self,
         config: crate::retry::RetryConfig,
     ) -> tower::ServiceBuilder<Stack<crate::retry::RetryLayer, L>>;
+
+    /// A rate limiter for an HTTP server: a refusal is a `429` response with `Retry-After`
+    /// and the IETF `RateLimit` headers instead of an error (feature `http`).
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    fn http_rate_limiter(
+        self,
+        config: impl Into<crate::rate_limit::RateLimitConfig>,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::RateLimitLayer<
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    >;
+
+    /// A concurrency pool for an HTTP server: shedding is a `503` response with
+    /// `Retry-After`, and a permit is held until the response body ends (feature `http`).
+    #[cfg(all(feature = "pool", feature = "http"))]
+    fn http_concurrency_pool(
+        self,
+        config: crate::pool::PoolConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::pool::http::HttpConcurrencyPoolLayer, L>>;
+
+    /// A circuit breaker for HTTP: `5xx` responses count as failures, and an open breaker
+    /// answers `503` with `Retry-After` instead of an error (feature `http`).
+    #[cfg(all(feature = "breaker", feature = "http"))]
+    fn http_circuit_breaker(
+        self,
+        config: crate::breaker::CircuitBreakerConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::breaker::HttpCircuitBreakerLayer, L>>;
+
+    /// Retries for an HTTP client: `5xx` (but `501`), `429`, `408` and errors, idempotent
+    /// methods only, `Retry-After` honoured (feature `http`).
+    #[cfg(all(feature = "retry", feature = "http"))]
+    fn http_retry(
+        self,
+        config: crate::retry::RetryConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::retry::http::HttpRetryLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
@@ -135,6 +180,49 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         config: crate::retry::RetryConfig,
     ) -> tower::ServiceBuilder<Stack<crate::retry::RetryLayer, L>> {
         self.layer(crate::retry::RetryLayer::new(config))
+    }
+
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    fn http_rate_limiter(
+        self,
+        config: impl Into<crate::rate_limit::RateLimitConfig>,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::RateLimitLayer<
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    > {
+        self.layer(
+            crate::rate_limit::RateLimitLayer::new(config)
+                .respond_with(crate::rate_limit::TooManyRequests::new()),
+        )
+    }
+
+    #[cfg(all(feature = "pool", feature = "http"))]
+    fn http_concurrency_pool(
+        self,
+        config: crate::pool::PoolConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::pool::http::HttpConcurrencyPoolLayer, L>> {
+        self.layer(crate::pool::http::HttpConcurrencyPoolLayer::new(config))
+    }
+
+    #[cfg(all(feature = "breaker", feature = "http"))]
+    fn http_circuit_breaker(
+        self,
+        config: crate::breaker::CircuitBreakerConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::breaker::HttpCircuitBreakerLayer, L>> {
+        self.layer(crate::breaker::HttpCircuitBreakerLayer::new(config))
+    }
+
+    #[cfg(all(feature = "retry", feature = "http"))]
+    fn http_retry(
+        self,
+        config: crate::retry::RetryConfig,
+    ) -> tower::ServiceBuilder<Stack<crate::retry::http::HttpRetryLayer, L>> {
+        self.layer(crate::retry::RetryLayer::http(config))
     }
 }
 

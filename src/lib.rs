@@ -37,8 +37,10 @@
 //! | `full` | | everything above |
 //!
 //! [`prelude`] brings [`ServiceBuilderExt`] (one `ServiceBuilder` method per layer: `shutdown`,
-//! `http_shutdown`, `rate_limiter`, `concurrency_pool`, `circuit_breaker`, `retry_with`) and
-//! the types most programs name.
+//! `rate_limiter`, `concurrency_pool`, `circuit_breaker`, `retry_with`, and with `http` their
+//! variants that answer with `429` / `503` responses: `http_shutdown`, `http_rate_limiter`,
+//! `http_concurrency_pool`, `http_circuit_breaker`, `http_retry`) and the types most programs
+//! name.
 //!
 //! # Example
 //!

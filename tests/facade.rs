@@ -189,3 +189,40 @@ async fn service_builder_ext_stacks_every_layer_in_order() {
     );
     assert_eq!(shutdown.in_flight(), 0, "every call was counted out");
 }
+
+#[cfg(all(
+    feature = "http",
+    feature = "shutdown",
+    feature = "rate-limit",
+    feature = "pool",
+    feature = "breaker"
+))]
+#[tokio::test]
+async fn http_variants_answer_an_infallible_router_with_responses() {
+    use palisade::prelude::*;
+    use std::num::NonZeroU32;
+    use tower::{ServiceBuilder, ServiceExt as _};
+
+    let shutdown = Shutdown::new();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let app = ServiceBuilder::new()
+        .http_shutdown(&shutdown)
+        .http_rate_limiter(Quota::per_minute(NonZeroU32::new(1).expect("non-zero")))
+        .http_concurrency_pool(
+            PoolConfig::builder(NonZeroU32::new(8).expect("non-zero"))
+                .build()
+                .expect("valid"),
+        )
+        .http_circuit_breaker(CircuitBreakerConfig::default())
+        .service(router);
+    let get = || {
+        http::Request::get("/")
+            .body(axum::body::Body::empty())
+            .expect("a valid request")
+    };
+    let first = app.clone().oneshot(get()).await.expect("infallible");
+    assert_eq!(first.status(), http::StatusCode::OK);
+    let second = app.clone().oneshot(get()).await.expect("infallible");
+    assert_eq!(second.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.headers().contains_key(http::header::RETRY_AFTER));
+}
