@@ -32,42 +32,40 @@ pub const DEFAULT_BARE_429_PAUSE: Duration = Duration::from_secs(1);
 /// How long an upstream's response asks its clients to hold off, if at all:
 ///
 /// - `429 Too Many Requests` or `503 Service Unavailable` with `Retry-After`: that long
-///   (delta-seconds, or an HTTP-date measured from the system clock's now);
-/// - `429` without one: `bare_429`;
-/// - `RateLimit: "policy";r=0;t=N` (IETF draft): `N` seconds (the longest of the spent
-///   policies);
-/// - `RateLimit-Remaining: 0` with `RateLimit-Reset: N` (earlier drafts): `N` seconds.
-///
-/// The longest of these wins.
+///   (delta-seconds, or an HTTP-date measured from the system clock's now). It takes
+///   precedence over the `RateLimit` fields, as the IETF draft says: their reset is when the
+///   whole quota is back, later than the next request may go;
+/// - otherwise the longest of:
+///   - `RateLimit: "policy";r=0;t=N` (IETF draft): `N` seconds (the longest of the spent
+///     policies);
+///   - `RateLimit-Remaining: 0` with `RateLimit-Reset: N` (earlier drafts): `N` seconds;
+///   - for a `429`, `bare_429`.
 pub fn upstream_pause<B>(response: &Response<B>, bare_429: Duration) -> Option<Duration> {
     let headers = response.headers();
     let status = response.status();
-    let mut pause = None;
-    let mut longest = |d: Duration| pause = Some(pause.map_or(d, |p: Duration| p.max(d)));
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        match headers
+    let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+    if (throttled || status == StatusCode::SERVICE_UNAVAILABLE)
+        && let Some(after) = headers
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-        {
-            Some(after) => longest(after),
-            None if status == StatusCode::TOO_MANY_REQUESTS => longest(bare_429),
-            None => {}
-        }
-    }
-    if let Some(spent) = spent_policies(headers) {
-        longest(spent);
+    {
+        return Some(after);
     }
     let remaining = headers
         .get(RATELIMIT_REMAINING)
         .and_then(|v| v.to_str().ok());
-    if remaining.map(str::trim) == Some("0")
-        && let Some(reset) = headers
+    let reset = if remaining.map(str::trim) == Some("0") {
+        headers
             .get(RATELIMIT_RESET)
             .and_then(|v| seconds(v.to_str().ok()?))
-    {
-        longest(reset);
-    }
-    pause
+    } else {
+        None
+    };
+    let bare = throttled.then_some(bare_429);
+    [spent_policies(headers), reset, bare]
+        .into_iter()
+        .flatten()
+        .max()
 }
 
 /// Whole non-negative seconds.

@@ -199,8 +199,21 @@ fn what_responses_ask_for() {
             429,
             &[("retry-after", "2"), ("ratelimit", r#""a";r=0;t=6"#)]
         )),
+        Some(Duration::from_secs(2)),
+        "Retry-After says when the next request may go; the reset is the whole quota's"
+    );
+    assert_eq!(
+        pause(response(429, &[("ratelimit", r#""a";r=0;t=6"#)])),
         Some(Duration::from_secs(6)),
-        "the longest wins"
+        "without Retry-After, the spent policy's reset"
+    );
+    assert_eq!(
+        pause(response(
+            200,
+            &[("ratelimit", r#""a";r=0;t=6, "b";r=0;t=9"#)]
+        )),
+        Some(Duration::from_secs(9)),
+        "the longest of the spent policies"
     );
 }
 
