@@ -1,0 +1,445 @@
+//! What Palisade's server stack costs under load: the `axum_server` example, bare and behind
+//! its full stack, each in a process of its own, loaded over keep-alive HTTP/1 on loopback.
+//!
+//! ```sh
+//! cargo build --release -p palisade-examples --examples
+//! cargo run --release -p palisade-examples --example load
+//! cargo run --release -p palisade-examples --example load -- --duration 10 --connections 64 --rounds 3
+//! ```
+//!
+//! Each round starts the server once with `--bare` and once with the full stack, warms it
+//! up, then keeps `--connections` connections busy for `--duration` seconds, one request
+//! after the other on each, and records every latency. The full stack runs with limits no
+//! request reaches (a rate of 1,000,000 per second per key, a pool of 4,096): nothing is
+//! refused, so the comparison is the cost of the layers themselves (every request still goes
+//! through the shutdown tracking, a keyed GCRA check, a pool permit and the breaker's
+//! window). Refusals, if any, are counted and shown apart.
+//!
+//! The load generator shares the machine with the server: on a small machine give it few
+//! threads (`--threads`, default 1) and run it when nothing else is busy; it prints the load
+//! average before it starts.
+//!
+//! Options: `--duration S` (default 5), `--warmup S` (default 1), `--connections N`
+//! (default 32), `--rounds N` (default 2, alternating bare and full), `--threads N`
+//! (default 1).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The target of the issue: the full stack keeps at least this share of bare throughput...
+const TARGET_THROUGHPUT: f64 = 0.90;
+/// ...and its p99 latency stays within this factor of bare.
+const TARGET_P99: f64 = 1.20;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(
+        "{0}\n\nusage: load [--duration S] [--warmup S] [--connections N] [--rounds N] [--threads N]"
+    )]
+    Usage(String),
+    #[error(
+        "no server binary at {0}: build the examples first \
+         (cargo build --release -p palisade-examples --examples)"
+    )]
+    NoServer(PathBuf),
+    #[error("the server: {0}")]
+    Server(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    duration: Duration,
+    warmup: Duration,
+    connections: u32,
+    rounds: u32,
+    threads: usize,
+}
+
+impl Args {
+    fn parse() -> Result<Self, Error> {
+        let mut args = Args {
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            connections: 32,
+            rounds: 2,
+            threads: 1,
+        };
+        let mut argv = std::env::args().skip(1);
+        while let Some(arg) = argv.next() {
+            let mut value = |name: &str| -> Result<u64, Error> {
+                let text = argv
+                    .next()
+                    .ok_or_else(|| Error::Usage(format!("{name} needs a value")))?;
+                match text.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(Error::Usage(format!("{name} {text:?}: a positive integer"))),
+                }
+            };
+            match arg.as_str() {
+                "--duration" => args.duration = Duration::from_secs(value("--duration")?),
+                "--warmup" => args.warmup = Duration::from_secs(value("--warmup")?),
+                "--connections" => args.connections = saturate(value("--connections")?),
+                "--rounds" => args.rounds = saturate(value("--rounds")?),
+                "--threads" => {
+                    args.threads = usize::try_from(value("--threads")?).unwrap_or(usize::MAX);
+                }
+                "-h" | "--help" => {
+                    return Err(Error::Usage("bare against full-stack throughput".into()));
+                }
+                other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn saturate(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Bare,
+    Full,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Bare => "bare",
+            Mode::Full => "full stack",
+        }
+    }
+
+    fn server_args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Bare => &["--bare"],
+            Mode::Full => &["--rate", "1000000", "--pool", "4096"],
+        }
+    }
+}
+
+/// What one load run measured.
+#[derive(Debug, Default)]
+struct Sample {
+    elapsed: Duration,
+    /// Latencies of the `2xx` answers, in nanoseconds.
+    latencies: Vec<u64>,
+    refused_429: u64,
+    refused_503: u64,
+    other_status: u64,
+    errors: u64,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.latencies.extend(other.latencies);
+        self.refused_429 += other.refused_429;
+        self.refused_503 += other.refused_503;
+        self.other_status += other.other_status;
+        self.errors += other.errors;
+    }
+}
+
+/// Every sample of one mode, summed.
+#[derive(Debug, Default)]
+struct Totals {
+    seconds: f64,
+    latencies: Vec<u64>,
+    refused: u64,
+    other: u64,
+}
+
+impl Totals {
+    fn add(&mut self, sample: Sample) {
+        self.seconds += sample.elapsed.as_secs_f64();
+        self.latencies.extend(sample.latencies);
+        self.refused += sample.refused_429 + sample.refused_503;
+        self.other += sample.other_status + sample.errors;
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+/// The `p`-th percentile (0 to 100) of sorted nanoseconds, in milliseconds: the smallest
+/// value with at least `p` % of the values at or below it.
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1e6
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let args = Args::parse()?;
+    let server = server_binary()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+
+    println!(
+        "load: {} connections, keep-alive HTTP/1 on loopback, {:?} per run after {:?} of warm-up, \
+         {} round(s), {} generator thread(s)",
+        args.connections, args.duration, args.warmup, args.rounds, args.threads
+    );
+    println!(
+        "the full stack runs with limits no request reaches (1,000,000 req/s per key, a pool \
+         of 4,096): this measures the cost of the layers, not their refusals"
+    );
+    if let Some(load) = load_average() {
+        println!("load average before: {load}");
+    }
+    println!();
+    println!(
+        "{:<12} {:>6} {:>10} {:>11} {:>9} {:>9} {:>8} {:>7}",
+        "mode", "round", "requests", "req/s", "p50 ms", "p99 ms", "refused", "other"
+    );
+
+    let mut bare = Totals::default();
+    let mut full = Totals::default();
+    for round in 1..=args.rounds {
+        for mode in [Mode::Bare, Mode::Full] {
+            let mut sample = measure(&runtime, &server, mode, args)?;
+            sample.latencies.sort_unstable();
+            println!(
+                "{:<12} {:>6} {:>10} {:>11.0} {:>9.3} {:>9.3} {:>8} {:>7}",
+                mode.name(),
+                round,
+                sample.latencies.len(),
+                sample.latencies.len() as f64 / sample.elapsed.as_secs_f64().max(f64::EPSILON),
+                percentile_ms(&sample.latencies, 50.0),
+                percentile_ms(&sample.latencies, 99.0),
+                sample.refused_429 + sample.refused_503,
+                sample.other_status + sample.errors,
+            );
+            match mode {
+                Mode::Bare => bare.add(sample),
+                Mode::Full => full.add(sample),
+            }
+        }
+    }
+    bare.latencies.sort_unstable();
+    full.latencies.sort_unstable();
+
+    println!();
+    for (name, totals) in [("bare", &bare), ("full stack", &full)] {
+        println!(
+            "{name:<12} all rounds: {:>11.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} refused, {} other",
+            totals.throughput(),
+            percentile_ms(&totals.latencies, 50.0),
+            percentile_ms(&totals.latencies, 99.0),
+            totals.refused,
+            totals.other
+        );
+    }
+    let throughput = full.throughput() / bare.throughput();
+    let p99 = percentile_ms(&full.latencies, 99.0) / percentile_ms(&bare.latencies, 99.0);
+    let p50 = percentile_ms(&full.latencies, 50.0) / percentile_ms(&bare.latencies, 50.0);
+    println!(
+        "full / bare: throughput {throughput:.3} (target >= {TARGET_THROUGHPUT:.2}: {}), \
+         p99 {p99:.3} (target <= {TARGET_P99:.2}: {}), p50 {p50:.3}",
+        verdict(throughput >= TARGET_THROUGHPUT),
+        verdict(p99 <= TARGET_P99),
+    );
+    if let Some(load) = load_average() {
+        println!("load average after: {load}");
+    }
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+/// `axum_server`, built next to this example.
+fn server_binary() -> Result<PathBuf, Error> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name(format!("axum_server{}", std::env::consts::EXE_SUFFIX));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::NoServer(path))
+    }
+}
+
+/// The 1, 5 and 15 minute load averages, where the system tells them.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// The server process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(binary: &Path, mode: Mode) -> Result<Self, Error> {
+        let mut child = Command::new(binary)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(mode.server_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Server("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = match lines.next() {
+            Some(line) => line?,
+            None => {
+                let status = child.wait()?;
+                return Err(Error::Server(format!("exited before listening ({status})")));
+            }
+        };
+        let server = Self {
+            addr: listening_addr(&first)
+                .ok_or_else(|| Error::Server(format!("unexpected first line {first:?}")))?,
+            child,
+        };
+        // Keeps the pipe drained so the server never blocks on a full one.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // This process's own child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in `listening on http://ADDR (...)`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("listening on http://")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Starts the server in `mode`, warms it up, then measures it.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    binary: &Path,
+    mode: Mode,
+    args: Args,
+) -> Result<Sample, Error> {
+    let server = Server::start(binary, mode)?;
+    runtime.block_on(load(server.addr, args.connections, args.warmup))?;
+    let sample = runtime.block_on(load(server.addr, args.connections, args.duration))?;
+    drop(server);
+    Ok(sample)
+}
+
+/// Keeps `connections` keep-alive connections busy for `duration`.
+async fn load(addr: SocketAddr, connections: u32, duration: Duration) -> Result<Sample, Error> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let host = Arc::new(
+        HeaderValue::from_str(&addr.to_string()).map_err(|e| Error::Server(e.to_string()))?,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let host = Arc::clone(&host);
+        tasks.spawn(async move { connection(addr, i, &host, deadline).await });
+    }
+    let mut total = Sample::default();
+    while let Some(joined) = tasks.join_next().await {
+        let sample = joined.map_err(|e| Error::Server(format!("a load task failed: {e}")))?;
+        total.merge(sample);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// One connection, one request after the other until `deadline`. A connection that fails
+/// is counted and opened again.
+async fn connection(addr: SocketAddr, index: u32, host: &HeaderValue, deadline: Instant) -> Sample {
+    let key =
+        HeaderValue::from_str(&format!("load-{index}")).unwrap_or(HeaderValue::from_static("load"));
+    let mut sample = Sample::default();
+    'connect: while Instant::now() < deadline {
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            sample.errors += 1;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            sample.errors += 1;
+            continue;
+        };
+        tokio::spawn(conn);
+        while Instant::now() < deadline {
+            if sender.ready().await.is_err() {
+                sample.errors += 1;
+                continue 'connect;
+            }
+            let request = Request::get("/")
+                .header(http::header::HOST, host.clone())
+                .header("x-api-key", key.clone())
+                .body(Empty::<Bytes>::new());
+            let Ok(request) = request else {
+                sample.errors += 1;
+                return sample;
+            };
+            let sent = Instant::now();
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                Err(_) => {
+                    sample.errors += 1;
+                    continue 'connect;
+                }
+            };
+            let status = response.status();
+            if response.into_body().collect().await.is_err() {
+                sample.errors += 1;
+                continue 'connect;
+            }
+            let took = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            match status.as_u16() {
+                200..=299 => sample.latencies.push(took),
+                429 => sample.refused_429 += 1,
+                503 => sample.refused_503 += 1,
+                _ => sample.other_status += 1,
+            }
+        }
+    }
+    sample
+}
