@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::event::JobEvent;
 use crate::job::{DeadJob, Enqueued, Job, JobId, JobRecord, NewJob};
-use crate::store::{DeadQuery, QueueStats, Result, Store};
+use crate::periodic::PeriodicRecord;
+use crate::store::{DeadQuery, JobQuery, QueueStats, Result, Store};
 use palisade_core::Listener;
 
 /// The job queue: enqueue, inspect, cancel, and manage the dead-letter table. Cheap to clone;
@@ -149,6 +150,16 @@ impl Jobs {
         self.store.job(id).await
     }
 
+    /// Lists jobs (dead jobs are in [`dead_jobs`](Self::dead_jobs)), ids ascending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) when the store fails;
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a store that does not list.
+    pub async fn list(&self, query: &JobQuery) -> Result<Vec<JobRecord>> {
+        self.store.jobs(query).await
+    }
+
     /// Cancels a pending or running job and returns whether it was one. A running job's
     /// handler is stopped at its worker's next heartbeat (at once in the same process) and
     /// its outcome is not recorded.
@@ -228,6 +239,27 @@ impl Jobs {
     /// [`Error::Database`](crate::Error::Database) when the store fails.
     pub async fn purge_all_dead(&self, queue: Option<&str>) -> Result<u64> {
         self.store.purge_dead(None, queue).await
+    }
+
+    /// Deletes the dead jobs dead-lettered before `before`, of `queue` when given; returns
+    /// how many.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) when the store fails;
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a store that cannot.
+    pub async fn purge_dead_before(&self, before: SystemTime, queue: Option<&str>) -> Result<u64> {
+        self.store.purge_dead_before(before, queue).await
+    }
+
+    /// The stored periodic jobs with their next and last ticks, names ascending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) when the store fails;
+    /// [`Error::Unsupported`](crate::Error::Unsupported) from a store without periodic jobs.
+    pub async fn periodic_jobs(&self) -> Result<Vec<PeriodicRecord>> {
+        self.store.periodic_jobs().await
     }
 
     /// Deletes completed and cancelled jobs that finished before `before`; returns how many.

@@ -21,7 +21,10 @@
 //! - **Retries in the database** with core's [`Backoff`] (exponential with jitter); after its
 //!   last attempt a job moves to the **dead-letter table** with its error, attempts and
 //!   times; [`Jobs::dead_jobs`], [`dead_job`](Jobs::dead_job), [`replay`](Jobs::replay),
-//!   [`purge_dead`](Jobs::purge_dead).
+//!   [`purge_dead`](Jobs::purge_dead), [`purge_dead_before`](Jobs::purge_dead_before).
+//! - **Inspection**: [`Jobs::stats`] (depth per queue and state, and how long the oldest
+//!   runnable job has waited), [`Jobs::list`] by queue and state, [`Jobs::periodic_jobs`];
+//!   and the `palisade-jobs` admin binary (feature `cli`) over all of it.
 //! - **Bad input never crashes a worker**: an unknown job type, a payload that does not
 //!   deserialize and a panicking handler each end as a failed attempt with a clear message
 //!   (and, past the last attempt, in the dead-letter table).
@@ -49,6 +52,7 @@
 //! |---|---|
 //! | `sqlite` (default) | [`sqlite::SqliteStore`]: one file, WAL, one writer connection, `synchronous=NORMAL` (or `FULL`) |
 //! | `postgres` | [`postgres::PostgresStore`]: `FOR UPDATE SKIP LOCKED` batch claims, `LISTEN/NOTIFY`, the database's clock |
+//! | `cli` | the `palisade-jobs` admin binary (stats, list, dead-letter inspect / replay / purge, periodic schedules); turns on `sqlite`, add `postgres` for PostgreSQL URLs |
 //!
 //! # Example
 //!
@@ -115,6 +119,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
 mod error;
 pub mod event;
 mod handler;
@@ -136,6 +143,6 @@ pub use crate::job::{
 pub use crate::jobs::Jobs;
 pub use crate::periodic::PeriodicJob;
 pub use crate::schedule::{Schedule, ScheduleError};
-pub use crate::store::{DeadQuery, QueueStats, Store};
+pub use crate::store::{DeadQuery, JobQuery, QueueStats, Store};
 pub use crate::worker::{Worker, WorkerBuilder, WorkerHandle};
 pub use palisade_core::{Backoff, BoxError, Jitter};

@@ -156,6 +156,23 @@ impl PeriodicJob {
     }
 }
 
+/// A periodic job as stored in `palisade_jobs_periodic`, for inspection
+/// ([`Jobs::periodic_jobs`](crate::Jobs::periodic_jobs)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeriodicRecord {
+    /// The periodic job's name.
+    pub name: String,
+    /// Its schedule's expression, as registered.
+    pub schedule: String,
+    /// Its next tick.
+    pub next_run_at: SystemTime,
+    /// The tick of the last job it enqueued, if any.
+    pub last_run_at: Option<SystemTime>,
+    /// The last job it enqueued, if any.
+    pub last_job: Option<crate::JobId>,
+}
+
 /// One tick of a periodic job, as a [`Store`] records it with
 /// [`periodic_enqueue`](Store::periodic_enqueue).
 #[derive(Debug, Clone)]

@@ -20,11 +20,11 @@ use crate::job::{
     to_micros,
 };
 use crate::migrate::{self, MIGRATIONS};
-use crate::periodic::Tick;
+use crate::periodic::{PeriodicRecord, Tick};
 use crate::row::{self, dead_columns, non_negative, record_columns};
 use crate::store::{
-    BoxFuture, Claimed, DeadQuery, LEASE_EXPIRED, Lease, Outcome, QueueStats, Rescued, Result,
-    Signals, Store,
+    BoxFuture, Claimed, DeadQuery, JobQuery, LEASE_EXPIRED, Lease, Outcome, QueueStats, Rescued,
+    Result, Signals, Store,
 };
 
 /// The channel that announces new runnable jobs.
@@ -667,7 +667,9 @@ impl Store for PostgresStore {
                 "SELECT queue, CASE WHEN state = 'pending' AND scheduled_at > palisade_jobs_now() \
                  THEN 'scheduled' ELSE state END AS bucket, count(*) FROM palisade_jobs \
                  GROUP BY queue, bucket \
-                 UNION ALL SELECT queue, 'dead', count(*) FROM palisade_jobs_dead GROUP BY queue",
+                 UNION ALL SELECT queue, 'dead', count(*) FROM palisade_jobs_dead GROUP BY queue \
+                 UNION ALL SELECT queue, 'oldest_available', min(scheduled_at) FROM palisade_jobs \
+                 WHERE state = 'pending' AND scheduled_at <= palisade_jobs_now() GROUP BY queue",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -819,6 +821,54 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?
             .rows_affected())
+        })
+    }
+
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> BoxFuture<'a, Result<Vec<JobRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                record_columns!("payload::text"),
+                " FROM palisade_jobs WHERE ($1::text IS NULL OR queue = $1) ",
+                "AND ($2::text IS NULL OR state = $2) AND id > $3 ORDER BY id LIMIT $4"
+            ))
+            .bind(query.queue.as_deref())
+            .bind(query.state.map(crate::JobState::as_str))
+            .bind(query.after.map_or(i64::MIN, JobId::get))
+            .bind(query.limit_or_default())
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row::record).collect()
+        })
+    }
+
+    fn purge_dead_before<'a>(
+        &'a self,
+        before: SystemTime,
+        queue: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            Ok(sqlx::query(
+                "DELETE FROM palisade_jobs_dead WHERE failed_at < $1 \
+                 AND ($2::text IS NULL OR queue = $2)",
+            )
+            .bind(to_micros(before))
+            .bind(queue)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+        })
+    }
+
+    fn periodic_jobs(&self) -> BoxFuture<'_, Result<Vec<PeriodicRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT name, schedule, next_run_at, last_run_at, last_job_id \
+                 FROM palisade_jobs_periodic ORDER BY name",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row::periodic).collect()
         })
     }
 

@@ -122,6 +122,25 @@ where
     })
 }
 
+/// A [`PeriodicRecord`](crate::periodic::PeriodicRecord) from a row with the columns
+/// `name, schedule, next_run_at, last_run_at, last_job_id`.
+pub(crate) fn periodic<R>(row: &R) -> Result<crate::periodic::PeriodicRecord, Error>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(crate::periodic::PeriodicRecord {
+        name: get(row, 0)?,
+        schedule: get(row, 1)?,
+        next_run_at: from_micros(get(row, 2)?),
+        last_run_at: get::<_, Option<i64>>(row, 3)?.map(from_micros),
+        last_job: get::<_, Option<i64>>(row, 4)?.map(JobId),
+    })
+}
+
 /// A count from the database, never negative.
 pub(crate) fn non_negative(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)

@@ -27,11 +27,11 @@ use crate::job::{
     to_micros,
 };
 use crate::migrate::{self, MIGRATIONS};
-use crate::periodic::Tick;
+use crate::periodic::{PeriodicRecord, Tick};
 use crate::row::{self, dead_columns, non_negative, record_columns};
 use crate::store::{
-    BoxFuture, Claimed, DeadQuery, LEASE_EXPIRED, Lease, Outcome, QueueStats, Rescued, Result,
-    Signals, Store,
+    BoxFuture, Claimed, DeadQuery, JobQuery, LEASE_EXPIRED, Lease, Outcome, QueueStats, Rescued,
+    Result, Signals, Store,
 };
 
 /// Runs `$body` (a future using `$conn`) in a write transaction on the writer connection,
@@ -606,7 +606,9 @@ impl Store for SqliteStore {
                 "SELECT queue, CASE WHEN state = 'pending' AND scheduled_at > ?1 ",
                 "THEN 'scheduled' ELSE state END AS bucket, COUNT(*) FROM palisade_jobs ",
                 "GROUP BY queue, bucket ",
-                "UNION ALL SELECT queue, 'dead', COUNT(*) FROM palisade_jobs_dead GROUP BY queue"
+                "UNION ALL SELECT queue, 'dead', COUNT(*) FROM palisade_jobs_dead GROUP BY queue ",
+                "UNION ALL SELECT queue, 'oldest_available', MIN(scheduled_at) FROM palisade_jobs ",
+                "WHERE state = 'pending' AND scheduled_at <= ?1 GROUP BY queue"
             ))
             .bind(now_micros())
             .fetch_all(&self.reader)
@@ -760,6 +762,56 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected())
             })
+        })
+    }
+
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> BoxFuture<'a, Result<Vec<JobRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                record_columns!("payload"),
+                " FROM palisade_jobs WHERE (?1 IS NULL OR queue = ?1) ",
+                "AND (?2 IS NULL OR state = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
+            ))
+            .bind(query.queue.as_deref())
+            .bind(query.state.map(crate::JobState::as_str))
+            .bind(query.after.map_or(i64::MIN, JobId::get))
+            .bind(query.limit_or_default())
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter().map(row::record).collect()
+        })
+    }
+
+    fn purge_dead_before<'a>(
+        &'a self,
+        before: SystemTime,
+        queue: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            write_tx!(self, |conn| async move {
+                Ok(sqlx::query(
+                    "DELETE FROM palisade_jobs_dead WHERE failed_at < ?1 \
+                         AND (?2 IS NULL OR queue = ?2)",
+                )
+                .bind(to_micros(before))
+                .bind(queue)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected())
+            })
+        })
+    }
+
+    fn periodic_jobs(&self) -> BoxFuture<'_, Result<Vec<PeriodicRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT name, schedule, next_run_at, last_run_at, last_job_id \
+                 FROM palisade_jobs_periodic ORDER BY name",
+            )
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter().map(row::periodic).collect()
         })
     }
 

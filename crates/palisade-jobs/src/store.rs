@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::job::{DeadJob, Enqueued, JobId, JobRecord, NewJob};
+use crate::job::{DeadJob, Enqueued, JobId, JobRecord, JobState, NewJob, from_micros};
 
 /// A boxed, `Send` future, as the object-safe [`Store`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -128,6 +128,9 @@ pub struct QueueStats {
     pub cancelled: u64,
     /// Jobs in the dead-letter table.
     pub dead: u64,
+    /// When the longest-waiting runnable pending job became runnable (its scheduled time):
+    /// `now` minus this is how far the queue lags. `None` when no job is runnable.
+    pub oldest_available: Option<SystemTime>,
 }
 
 /// Which dead jobs [`Jobs::dead_jobs`](crate::Jobs::dead_jobs) lists.
@@ -153,6 +156,61 @@ impl DeadQuery {
     #[must_use]
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = Some(queue.into());
+        self
+    }
+
+    /// Only ids after `id`.
+    #[must_use]
+    pub const fn after(mut self, id: JobId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// At most `limit`.
+    #[must_use]
+    pub const fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub(crate) fn limit_or_default(&self) -> i64 {
+        i64::from(self.limit.unwrap_or(100))
+    }
+}
+
+/// Which jobs [`Jobs::list`](crate::Jobs::list) lists (dead jobs are listed by
+/// [`DeadQuery`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobQuery {
+    /// Only this queue (all queues when `None`).
+    pub queue: Option<String>,
+    /// Only jobs in this state (all states when `None`).
+    pub state: Option<JobState>,
+    /// Only ids above this one (for paging; ids ascending).
+    pub after: Option<JobId>,
+    /// At most this many (100 when `None`).
+    pub limit: Option<u32>,
+}
+
+impl JobQuery {
+    /// All jobs of all queues, the first 100.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only `queue`.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Only jobs in `state`.
+    #[must_use]
+    pub const fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -328,6 +386,37 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Deletes completed and cancelled jobs that finished before `before`. Returns how many.
     fn purge_finished(&self, before: SystemTime) -> BoxFuture<'_, Result<u64>>;
 
+    /// Lists jobs (not dead ones), ids ascending.
+    ///
+    /// The default refuses with [`Error::Unsupported`]: a store that wraps another should
+    /// forward it.
+    fn jobs<'a>(&'a self, query: &'a JobQuery) -> BoxFuture<'a, Result<Vec<JobRecord>>> {
+        let _ = query;
+        Box::pin(std::future::ready(Err(Error::Unsupported("listing jobs"))))
+    }
+
+    /// Deletes the dead jobs dead-lettered before `before` (of `queue`, when given). Returns
+    /// how many were deleted.
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    fn purge_dead_before<'a>(
+        &'a self,
+        before: SystemTime,
+        queue: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        let _ = (before, queue);
+        Box::pin(std::future::ready(Err(Error::Unsupported(
+            "purging dead jobs by age",
+        ))))
+    }
+
+    /// The stored [periodic jobs](crate::periodic), names ascending.
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    fn periodic_jobs(&self) -> BoxFuture<'_, Result<Vec<crate::periodic::PeriodicRecord>>> {
+        Box::pin(std::future::ready(Err(Error::Unsupported("periodic jobs"))))
+    }
+
     /// Registers the [periodic job](crate::periodic) `name` scheduled by the expression
     /// `schedule` and returns its stored next tick: `first` for a new row, and for a row that
     /// was stored with another expression (which is then replaced); otherwise the row's own
@@ -364,7 +453,8 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 /// The message stored when a job is rescued from a lost worker.
 pub(crate) const LEASE_EXPIRED: &str = "lease expired: the worker running the job stopped heartbeating (crashed, stalled or cut off from the database)";
 
-/// Per-queue stats from `(queue, bucket, count)` rows, queues in name order.
+/// Per-queue stats from `(queue, bucket, count)` rows, queues in name order. The bucket
+/// `oldest_available` carries a time in microseconds since the Unix epoch instead of a count.
 pub(crate) fn collect_stats(counts: Vec<(String, String, u64)>) -> Vec<QueueStats> {
     let mut by_queue = std::collections::BTreeMap::<String, QueueStats>::new();
     for (queue, bucket, count) in counts {
@@ -381,6 +471,11 @@ pub(crate) fn collect_stats(counts: Vec<(String, String, u64)>) -> Vec<QueueStat
             "completed" => &mut stats.completed,
             "cancelled" => &mut stats.cancelled,
             "dead" => &mut stats.dead,
+            "oldest_available" => {
+                stats.oldest_available =
+                    Some(from_micros(i64::try_from(count).unwrap_or(i64::MAX)));
+                continue;
+            }
             _ => continue,
         };
         *slot += count;
@@ -402,6 +497,7 @@ mod tests {
             ("billing", "completed", 7),
             ("billing", "cancelled", 1),
             ("mail", "something-new", 9),
+            ("mail", "oldest_available", 1_500_000),
         ];
         let stats = collect_stats(
             rows.iter()
@@ -418,6 +514,11 @@ mod tests {
         assert_eq!(
             (stats[1].available, stats[1].scheduled, stats[1].dead),
             (3, 2, 4)
+        );
+        assert_eq!(stats[0].oldest_available, None);
+        assert_eq!(
+            stats[1].oldest_available,
+            Some(std::time::UNIX_EPOCH + Duration::from_micros(1_500_000))
         );
     }
 }

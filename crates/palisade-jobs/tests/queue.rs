@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use palisade_jobs::{DeadQuery, Enqueued, Job, JobState, Jobs, NewJob, Worker};
+use palisade_jobs::store::Outcome;
+use palisade_jobs::{DeadQuery, Enqueued, Job, JobQuery, JobState, Jobs, NewJob, Worker};
 use support::{Db, Events, Work, quick_retries, until, until_state};
 
 /// Fails the first `failures` attempts of each job, then succeeds.
@@ -157,6 +158,166 @@ async fn dead_jobs_can_be_purged(jobs: Jobs, _db: Db, _events: Events) {
     worker.shutdown(Duration::from_secs(5)).await;
 }
 on_both!(dead_jobs_can_be_purged);
+
+async fn jobs_are_listed_by_queue_and_state(jobs: Jobs, _db: Db, _events: Events) {
+    let batch = [
+        NewJob::new(&Work { n: 1 }).unwrap(),
+        NewJob::new(&Work { n: 2 }).unwrap().queue("mail"),
+        NewJob::new(&Work { n: 3 }).unwrap(),
+        NewJob::new(&Work { n: 4 })
+            .unwrap()
+            .queue("mail")
+            .run_in(Duration::from_secs(3_600)),
+    ];
+    let ids: Vec<_> = jobs
+        .enqueue_batch(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Enqueued::id)
+        .collect();
+    // One claim on `default`: job 1 is running.
+    let claimed = jobs
+        .store()
+        .claim("default", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].id, ids[0]);
+
+    let listed = |query: JobQuery| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.list(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|record| record.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(JobQuery::new()).await, ids);
+    assert_eq!(
+        listed(JobQuery::new().queue("mail")).await,
+        [ids[1], ids[3]]
+    );
+    assert_eq!(
+        listed(JobQuery::new().state(JobState::Pending)).await,
+        [ids[1], ids[2], ids[3]]
+    );
+    assert_eq!(
+        listed(JobQuery::new().state(JobState::Running)).await,
+        [ids[0]]
+    );
+    assert_eq!(
+        listed(JobQuery::new().queue("default").state(JobState::Pending)).await,
+        [ids[2]]
+    );
+    assert_eq!(
+        listed(JobQuery::new().after(ids[0]).limit(2)).await,
+        [ids[1], ids[2]]
+    );
+    assert!(
+        listed(JobQuery::new().state(JobState::Completed))
+            .await
+            .is_empty()
+    );
+
+    // `mail` has a runnable job (2) and a scheduled one (4); `default` has job 3 runnable.
+    let stats = jobs.stats().await.unwrap();
+    let mail = stats.iter().find(|s| s.queue == "mail").unwrap();
+    assert_eq!((mail.available, mail.scheduled), (1, 1));
+    let mail_since = mail.oldest_available.expect("mail has a runnable job");
+    let record = jobs.job(ids[1]).await.unwrap().unwrap();
+    assert_eq!(mail_since, record.scheduled_at);
+    jobs.cancel(ids[1]).await.unwrap();
+    let stats = jobs.stats().await.unwrap();
+    let mail = stats.iter().find(|s| s.queue == "mail").unwrap();
+    assert_eq!(mail.oldest_available, None, "only a scheduled job is left");
+}
+on_both!(jobs_are_listed_by_queue_and_state);
+
+async fn dead_jobs_are_purged_by_age(jobs: Jobs, _db: Db, _events: Events) {
+    let batch: Vec<NewJob> = ["default", "default", "mail"]
+        .iter()
+        .enumerate()
+        .map(|(n, queue)| {
+            NewJob::new(&Work { n: n as u32 })
+                .unwrap()
+                .queue(*queue)
+                .max_attempts(1)
+        })
+        .collect();
+    jobs.enqueue_batch(&batch).await.unwrap();
+    for queue in ["default", "mail"] {
+        let claimed = jobs
+            .store()
+            .claim(queue, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let outcomes: Vec<_> = claimed
+            .iter()
+            .map(|claim| Outcome::Dead {
+                lease: claim.lease(),
+                error: "boom".to_owned(),
+            })
+            .collect();
+        jobs.store().finish(&outcomes).await.unwrap();
+    }
+    assert_eq!(jobs.dead_jobs(&DeadQuery::new()).await.unwrap().len(), 3);
+
+    let hour = Duration::from_secs(3_600);
+    let an_hour_ago = SystemTime::now() - hour;
+    assert_eq!(jobs.purge_dead_before(an_hour_ago, None).await.unwrap(), 0);
+    let in_an_hour = SystemTime::now() + hour;
+    assert_eq!(
+        jobs.purge_dead_before(in_an_hour, Some("mail"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(jobs.purge_dead_before(in_an_hour, None).await.unwrap(), 2);
+    assert!(jobs.dead_jobs(&DeadQuery::new()).await.unwrap().is_empty());
+}
+on_both!(dead_jobs_are_purged_by_age);
+
+async fn periodic_jobs_are_listed(jobs: Jobs, _db: Db, _events: Events) {
+    assert!(jobs.periodic_jobs().await.unwrap().is_empty());
+    let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let store = jobs.store();
+    store
+        .periodic_next("nightly", "0 2 * * *", first)
+        .await
+        .unwrap();
+    store
+        .periodic_next("cleanup", "*/15 * * * *", first + Duration::from_secs(60))
+        .await
+        .unwrap();
+    let periodic = jobs.periodic_jobs().await.unwrap();
+    let rows: Vec<_> = periodic
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.schedule.as_str(),
+                p.next_run_at,
+                p.last_run_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "cleanup",
+                "*/15 * * * *",
+                first + Duration::from_secs(60),
+                None
+            ),
+            ("nightly", "0 2 * * *", first, None),
+        ]
+    );
+}
+on_both!(periodic_jobs_are_listed);
 
 async fn lower_priority_values_run_first(jobs: Jobs, _db: Db, _events: Events) {
     // Enqueued before any worker runs, in an order that is not the priority order.
