@@ -11,8 +11,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::io::{Seek as _, Write as _};
+
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt as _;
+use tokio::task::JoinHandle;
 
 use crate::id::UploadId;
 use crate::metadata::Metadata;
@@ -251,15 +253,80 @@ fn decode_info(id: UploadId, text: &str) -> Result<UploadInfo, StoreError> {
     })
 }
 
+/// How many bytes a [`FileSink`] gathers before one blocking write: 1 MiB.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Runs `f` on the blocking pool; a panic there becomes an I/O error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    join(tokio::task::spawn_blocking(f)).await
+}
+
+async fn join<T>(task: JoinHandle<io::Result<T>>) -> io::Result<T> {
+    task.await
+        .map_err(|e| io::Error::other(format!("blocking file task failed: {e}")))?
+}
+
 /// The pending chunk of a [`FileStore`] upload.
+///
+/// Each write runs as one blocking task on a plain `std::fs::File`. While one is in flight,
+/// the frames that arrive are gathered, up to 1 MiB, into the next: at most two batches
+/// are held, and a frame reaches the file as soon as the writer is free.
 #[derive(Debug)]
 pub struct FileSink {
-    file: tokio::fs::File,
+    path: PathBuf,
+    /// The file, when no write is in flight.
+    file: Option<std::fs::File>,
+    /// The write in flight; it hands the file back.
+    busy: Option<JoinHandle<io::Result<std::fs::File>>>,
+    batch: Vec<Bytes>,
+    batched: usize,
+}
+
+impl FileSink {
+    /// The file, once the write in flight (if any) is done.
+    async fn idle(&mut self) -> io::Result<std::fs::File> {
+        match (self.busy.take(), self.file.take()) {
+            (Some(task), _) => join(task).await,
+            (None, Some(file)) => Ok(file),
+            (None, None) => Err(io::Error::other("an earlier write of this chunk failed")),
+        }
+    }
+
+    /// Starts writing the gathered batch.
+    async fn send_batch(&mut self) -> io::Result<()> {
+        let mut file = self.idle().await?;
+        let batch = std::mem::take(&mut self.batch);
+        self.batched = 0;
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            for data in &batch {
+                file.write_all(data)?;
+            }
+            Ok(file)
+        }));
+        Ok(())
+    }
+
+    /// Writes everything gathered and hands back the file.
+    async fn finish(&mut self) -> io::Result<std::fs::File> {
+        if !self.batch.is_empty() {
+            self.send_batch().await?;
+        }
+        self.idle().await
+    }
 }
 
 impl ChunkSink for FileSink {
     async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
-        self.file.write_all(&data).await?;
+        self.batched += data.len();
+        self.batch.push(data);
+        // Written at once when the writer is idle (bytes reach the file without waiting for
+        // more), gathered while it is busy, up to a batch.
+        let idle = self.busy.as_ref().is_none_or(JoinHandle::is_finished);
+        if idle || self.batched >= WRITE_BATCH {
+            self.send_batch().await?;
+        }
         Ok(())
     }
 }
@@ -289,30 +356,47 @@ impl Store for FileStore {
     }
 
     async fn begin(&self, info: &UploadInfo) -> Result<FileSink, StoreError> {
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(self.data_path(&info.id))
-            .await
-            .map_err(not_found)?;
-        // Drop whatever an earlier, uncommitted chunk left behind.
-        file.set_len(info.offset).await?;
-        let mut file = file;
-        tokio::io::AsyncSeekExt::seek(&mut file, io::SeekFrom::Start(info.offset)).await?;
-        Ok(FileSink { file })
+        let path = self.data_path(&info.id);
+        let offset = info.offset;
+        let open = path.clone();
+        let file = blocking(move || {
+            let mut file = std::fs::OpenOptions::new().write(true).open(open)?;
+            // Drop whatever an earlier, uncommitted chunk left behind.
+            file.set_len(offset)?;
+            file.seek(io::SeekFrom::Start(offset))?;
+            Ok(file)
+        })
+        .await
+        .map_err(not_found)?;
+        Ok(FileSink {
+            path,
+            file: Some(file),
+            busy: None,
+            batch: Vec::new(),
+            batched: 0,
+        })
     }
 
     async fn commit(&self, info: &UploadInfo, mut sink: FileSink) -> Result<(), StoreError> {
-        sink.file.flush().await?;
+        let file = sink.finish().await?;
         if self.sync {
-            sink.file.sync_data().await?;
+            blocking(move || file.sync_data()).await?;
         }
-        drop(sink);
         self.write_info(info).await
     }
 
     async fn discard(&self, info: &UploadInfo, mut sink: FileSink) -> Result<(), StoreError> {
-        sink.file.flush().await?;
-        sink.file.set_len(info.offset).await?;
+        // Whatever was written (or failed to be), cut the file back to the offset.
+        sink.batch.clear();
+        let _ = sink.idle().await;
+        let (path, offset) = (sink.path, info.offset);
+        blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(offset)
+        })
+        .await?;
         Ok(())
     }
 

@@ -1,44 +1,17 @@
 //! Server memory does not grow with the chunk: a 64 MiB `PATCH` streams through in
 //! frames, and the peak of live heap bytes stays far below the chunk's size.
 //!
-//! This binary tracks live heap bytes with its own allocator (hence the `unsafe`).
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! This binary counts live heap bytes with `palisade-testkit`'s allocator.
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
+use palisade_testkit::alloc::{CountingAllocator, peak_bytes, reset_peak};
 use palisade_upload::server::{ServerConfig, TusServer};
 use palisade_upload::store::FileStore;
 use tower::ServiceExt as _;
 
-struct PeakAllocator;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call forwards to `System` unchanged; the counters only observe sizes.
-unsafe impl GlobalAlloc for PeakAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: PeakAllocator = PeakAllocator;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const FRAME: usize = 64 * 1024;
 static DATA: [u8; FRAME] = [7; FRAME];
@@ -68,8 +41,7 @@ async fn a_64_mib_chunk_streams_without_buffering() {
             tx.send_data(Bytes::from_static(&DATA)).await.unwrap();
         }
     });
-    let baseline = LIVE.load(Ordering::SeqCst);
-    PEAK.store(baseline, Ordering::SeqCst);
+    let baseline = reset_peak();
     let resp = server
         .clone()
         .oneshot(
@@ -85,7 +57,7 @@ async fn a_64_mib_chunk_streams_without_buffering() {
     feeder.await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(resp.headers()["upload-offset"], CHUNK.to_string().as_str());
-    let grown = PEAK.load(Ordering::SeqCst) - baseline;
+    let grown = peak_bytes() - baseline;
     assert!(
         grown < 8 * 1024 * 1024,
         "a 64 MiB chunk raised the heap peak by {grown} bytes"

@@ -2,9 +2,11 @@
 //!
 //! [`Uploader`] sends a file in chunks (default 5 MiB), each with `Upload-Checksum: sha256`,
 //! retrying a failed chunk with `palisade-core`'s [`Backoff`] after asking the server
-//! (`HEAD`) how much it holds. The file's SHA-256 is computed streaming before the upload;
-//! it names the resume state file, so a renamed or touched file still resumes and a changed
-//! one does not. Progress (bytes, percent, speed, ETA, chunk i of n) goes to a callback;
+//! (`HEAD`) how much it holds. With a [state directory](Uploader::state_dir), the file's
+//! SHA-256 is computed streaming before the upload: it names the resume state file, so a
+//! renamed or touched file still resumes and a changed one does not. Without one there is
+//! nothing to look up, and the SHA-256 is computed along the upload from the chunks read.
+//! The next chunk is read and hashed on the blocking pool while the current one is sent. Progress (bytes, percent, speed, ETA, chunk i of n) goes to a callback;
 //! a [`CancelHandle`] stops the upload, optionally terminating it on the server.
 //!
 //! Plain `http://` endpoints only for now; it speaks to any tus 1.0 server.
@@ -33,7 +35,7 @@ mod conn;
 mod progress;
 
 use std::fmt;
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Seek as _};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,13 +43,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 use palisade_core::backoff::Backoff;
 use sha2::Digest as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::time::Instant;
 
 use self::conn::{Answer, Conn};
@@ -167,7 +168,8 @@ type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 ///
 /// Defaults: 5 MiB chunks; retries per chunk with exponential backoff from 200 ms, capped
 /// at 10 s, full jitter, at most 8 attempts; 120 s per request; no state file; metadata
-/// `filename`; no cancellation; a cancelled upload is left on the server.
+/// `filename`; `sha256` chunk checksums; no cancellation; a cancelled upload is left on the
+/// server.
 #[derive(Clone)]
 pub struct Uploader {
     endpoint: Uri,
@@ -180,6 +182,7 @@ pub struct Uploader {
     progress: Option<ProgressFn>,
     cancel: Option<CancelHandle>,
     terminate_on_cancel: bool,
+    checksum: bool,
 }
 
 impl fmt::Debug for Uploader {
@@ -192,6 +195,7 @@ impl fmt::Debug for Uploader {
             .field("state_dir", &self.state_dir)
             .field("metadata", &self.metadata)
             .field("terminate_on_cancel", &self.terminate_on_cancel)
+            .field("checksum", &self.checksum)
             .finish_non_exhaustive()
     }
 }
@@ -232,13 +236,24 @@ impl Uploader {
             progress: None,
             cancel: None,
             terminate_on_cancel: false,
+            checksum: true,
         })
     }
 
-    /// The chunk size in bytes (default 5 MiB; at least 1).
+    /// The chunk size in bytes (default 5 MiB; at least 1). The client holds up to two
+    /// chunks in memory: the one being sent and the next, read ahead.
     #[must_use]
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk_size = bytes.max(1);
+        self
+    }
+
+    /// Whether each chunk carries `Upload-Checksum: sha256` (default `true`). Without it a
+    /// corrupted chunk is not detected by the server; turn it off only for servers that do
+    /// not support the checksum extension.
+    #[must_use]
+    pub const fn checksum(mut self, checksum: bool) -> Self {
+        self.checksum = checksum;
         self
     }
 
@@ -309,13 +324,20 @@ impl Uploader {
     /// I/O error reading the file, or [`ClientError::Cancelled`].
     pub async fn upload_file(&self, path: impl AsRef<Path>) -> Result<Uploaded, ClientError> {
         let path = path.as_ref();
-        let (size, sha256) = hash_file(path.to_owned()).await?;
+        // The resume key is needed before the first request; without state, the hash is
+        // computed along the upload instead of in a pass of its own.
+        let (size, known) = if self.state_dir.is_some() {
+            let (size, sha256) = hash_file(path.to_owned()).await?;
+            (size, Some(sha256))
+        } else {
+            (tokio::fs::metadata(path).await?.len(), None)
+        };
         let mut run = Run {
             up: self,
             conn: Conn::default(),
             url: None,
         };
-        let result = run.upload(path, size, sha256).await;
+        let result = run.upload(path, size, known).await;
         if matches!(result, Err(ClientError::Cancelled)) && self.terminate_on_cancel {
             if let Some(url) = run.url.clone() {
                 match run.terminate(&url).await {
@@ -328,7 +350,7 @@ impl Uploader {
                     Err(e) => tracing::warn!(%url, error = %e, "terminate failed"),
                 }
             }
-            if let Some(state) = self.state_path(&sha256) {
+            if let Some(state) = known.and_then(|sha256| self.state_path(&sha256)) {
                 let _ = tokio::fs::remove_file(state).await;
             }
         }
@@ -375,6 +397,105 @@ async fn hash_file(path: PathBuf) -> Result<(u64, [u8; 32]), ClientError> {
     .await
     .map_err(|e| io::Error::other(e.to_string()))??;
     Ok(hashed)
+}
+
+/// How far the whole file's SHA-256 computed along the upload has come.
+struct WholeHash {
+    hasher: sha2::Sha256,
+    /// Bytes `0..upto` are hashed.
+    upto: u64,
+}
+
+/// A chunk read from the file, with its checksum header.
+struct Chunk {
+    offset: u64,
+    data: Bytes,
+    checksum: Option<HeaderValue>,
+    whole: Option<WholeHash>,
+}
+
+/// Reads `len` bytes at `offset` and hashes them: the chunk's checksum when `checksum`, and
+/// the whole file's hash when `whole` is there (first catching up on any bytes before
+/// `offset` it has not seen; bytes it has seen are not hashed again).
+fn read_chunk(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    checksum: bool,
+    mut whole: Option<WholeHash>,
+) -> Result<Chunk, ClientError> {
+    let shrank = || {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the file shrank while uploading",
+        )
+    };
+    let mut file = file;
+    if let Some(w) = whole.as_mut()
+        && w.upto < offset
+    {
+        file.seek(io::SeekFrom::Start(w.upto))?;
+        let mut gap = file.take(offset - w.upto);
+        let mut buf = vec![0_u8; 1024 * 1024];
+        loop {
+            let n = gap.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.hasher.update(&buf[..n]);
+            w.upto += n as u64;
+        }
+        if w.upto < offset {
+            return Err(shrank().into());
+        }
+    }
+    file.seek(io::SeekFrom::Start(offset))?;
+    // `len` is at most the chunk size, a `usize`.
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
+    file.take(len).read_to_end(&mut data)?;
+    if (data.len() as u64) < len {
+        return Err(shrank().into());
+    }
+    if let Some(w) = whole.as_mut()
+        && (offset..offset + len).contains(&w.upto)
+    {
+        let seen = usize::try_from(w.upto - offset).unwrap_or(usize::MAX);
+        w.hasher.update(&data[seen..]);
+        w.upto = offset + len;
+    }
+    let checksum = if checksum {
+        let value = format!("sha256 {}", STANDARD.encode(sha2::Sha256::digest(&data)));
+        Some(
+            HeaderValue::from_str(&value)
+                .map_err(|_| ClientError::InvalidResponse("checksum header"))?,
+        )
+    } else {
+        None
+    };
+    Ok(Chunk {
+        offset,
+        data: Bytes::from(data),
+        checksum,
+        whole,
+    })
+}
+
+type ChunkTask = tokio::task::JoinHandle<Result<Chunk, ClientError>>;
+
+fn spawn_read(
+    file: &Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    checksum: bool,
+    whole: Option<WholeHash>,
+) -> ChunkTask {
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || read_chunk(&file, offset, len, checksum, whole))
+}
+
+async fn joined(task: ChunkTask) -> Result<Chunk, ClientError> {
+    task.await
+        .map_err(|e| ClientError::Io(io::Error::other(format!("chunk reader failed: {e}"))))?
 }
 
 struct Run<'a> {
@@ -514,9 +635,9 @@ impl Run<'_> {
         &mut self,
         path: &Path,
         size: u64,
-        sha256: [u8; 32],
+        known: Option<[u8; 32]>,
     ) -> Result<Uploaded, ClientError> {
-        let state = self.up.state_path(&sha256);
+        let state = known.and_then(|sha256| self.up.state_path(&sha256));
         let mut start = None;
         if let Some(state) = &state
             && let Ok(saved) = tokio::fs::read_to_string(state).await
@@ -548,27 +669,61 @@ impl Run<'_> {
         let started = Instant::now();
         let mut sent = 0_u64;
         let mut committed = 0_u64;
-        let mut file = tokio::fs::File::open(path).await?;
-        let mut buf = BytesMut::new();
+        let open = path.to_owned();
+        let file = Arc::new(
+            tokio::task::spawn_blocking(move || std::fs::File::open(open))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))??,
+        );
+        let checksums = self.up.checksum;
+        let mut whole = known.is_none().then(|| WholeHash {
+            hasher: sha2::Sha256::new(),
+            upto: 0,
+        });
+        // The chunk read ahead while the one before it was sent.
+        let mut ahead: Option<ChunkTask> = None;
         'chunks: while offset < size {
             let len = chunk_size.min(size - offset);
-            file.seek(io::SeekFrom::Start(offset)).await?;
-            buf.clear();
-            // `len` is at most `chunk_size`, a `usize`.
-            buf.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
-            file.read_exact(&mut buf).await?;
-            let data: Bytes = buf.split().freeze();
-            let checksum = format!("sha256 {}", STANDARD.encode(sha2::Sha256::digest(&data)));
-            let checksum = HeaderValue::from_str(&checksum)
-                .map_err(|_| ClientError::InvalidResponse("checksum header"))?;
+            let ready = match ahead.take() {
+                Some(task) => {
+                    let chunk = joined(task).await?;
+                    if chunk.offset == offset && chunk.data.len() as u64 == len {
+                        Some(chunk)
+                    } else {
+                        // The server moved the offset elsewhere: read afresh.
+                        whole = chunk.whole;
+                        None
+                    }
+                }
+                None => None,
+            };
+            let chunk = match ready {
+                Some(chunk) => chunk,
+                None => joined(spawn_read(&file, offset, len, checksums, whole.take())).await?,
+            };
+            let Chunk {
+                data,
+                checksum,
+                whole: hashed,
+                ..
+            } = chunk;
+            whole = hashed;
+            // Read (and hash) the next chunk while this one is sent.
+            let next = offset + len;
+            if next < size {
+                let next_len = chunk_size.min(size - next);
+                ahead = Some(spawn_read(&file, next, next_len, checksums, whole.take()));
+            }
             let mut delays = self.up.backoff.delays();
             let first_try = Instant::now();
             loop {
-                let headers = vec![
+                let mut headers = vec![
                     (&CONTENT_TYPE, HeaderValue::from_static(OFFSET_OCTET_STREAM)),
                     (&UPLOAD_OFFSET, HeaderValue::from(offset)),
-                    (&UPLOAD_CHECKSUM, checksum.clone()),
                 ];
+                if let Some(checksum) = &checksum {
+                    headers.push((&UPLOAD_CHECKSUM, checksum.clone()));
+                }
                 sent += len;
                 let result = self
                     .request(Method::PATCH, &url, headers, data.clone())
@@ -626,6 +781,20 @@ impl Run<'_> {
                 }
             }
         }
+        let sha256 = match known {
+            Some(sha256) => sha256,
+            None => {
+                if let Some(task) = ahead.take() {
+                    whole = joined(task).await?.whole;
+                }
+                // Hashes whatever the upload skipped (the server already held it).
+                let caught_up = joined(spawn_read(&file, size, 0, false, whole.take())).await?;
+                caught_up
+                    .whole
+                    .map(|w| w.hasher.finalize().into())
+                    .ok_or(ClientError::Io(io::Error::other("whole-file hash lost")))?
+            }
+        };
         if let Some(state) = &state {
             let _ = tokio::fs::remove_file(state).await;
         }

@@ -480,24 +480,22 @@ where
             return Err(e.into());
         }
     };
-    let mut chunk_hasher = checksum.as_ref().map(|c| c.algorithm().hasher());
-    let read = read_body(
-        inner,
-        body,
-        room,
-        &mut sink,
-        &mut chunk_hasher,
-        running.as_mut(),
-    )
-    .await;
-    let written = match read {
+    let hashers = Hashers {
+        chunk: checksum.as_ref().map(|c| c.algorithm().hasher()),
+        running: running.take(),
+    };
+    let read = read_body(inner, body, room, &mut sink, hashers).await;
+    let (written, chunk_hasher) = match read {
         // An empty body changes nothing (and must not complete an upload twice).
-        Ok(0) => {
+        Ok((0, _)) => {
             let _ = inner.store.discard(&info, sink).await;
             restore(previous);
             return Ok(info);
         }
-        Ok(n) => n,
+        Ok((n, hashers)) => {
+            running = hashers.running;
+            (n, hashers.chunk)
+        }
         Err(e) => {
             let _ = inner.store.discard(&info, sink).await;
             restore(previous);
@@ -546,14 +544,82 @@ where
     Ok(next)
 }
 
+/// How many bytes are gathered before they are hashed on the blocking pool: 1 MiB.
+const HASH_BATCH: usize = 1024 * 1024;
+
+/// The hashes a chunk feeds: its own checksum's and the whole file's running SHA-256.
+struct Hashers {
+    chunk: Option<crate::checksum::Hasher>,
+    running: Option<sha2::Sha256>,
+}
+
+impl Hashers {
+    fn is_empty(&self) -> bool {
+        self.chunk.is_none() && self.running.is_none()
+    }
+
+    fn update(&mut self, batch: &[Bytes]) {
+        // One hash over the whole batch, then the other, each over long runs of bytes.
+        for data in batch {
+            if let Some(h) = self.chunk.as_mut() {
+                h.update(data);
+            }
+        }
+        for data in batch {
+            if let Some(h) = self.running.as_mut() {
+                h.update(data);
+            }
+        }
+    }
+}
+
+/// Hashes batches of a body on the blocking pool, one batch at a time, while the next
+/// batch is received and written. At most one batch is being hashed.
+struct BackgroundHash {
+    idle: Option<Hashers>,
+    busy: Option<tokio::task::JoinHandle<Hashers>>,
+}
+
+impl BackgroundHash {
+    /// The hashers, once the batch in flight (if any) is hashed.
+    async fn wait(&mut self) -> Result<Hashers, UploadError> {
+        match (self.busy.take(), self.idle.take()) {
+            (Some(task), _) => task.await.map_err(|e| {
+                UploadError::Store(crate::store::StoreError::Io(std::io::Error::other(
+                    format!("hashing task failed: {e}"),
+                )))
+            }),
+            (None, Some(hashers)) => Ok(hashers),
+            (None, None) => Ok(Hashers {
+                chunk: None,
+                running: None,
+            }),
+        }
+    }
+
+    /// Starts hashing `batch` (after the batch in flight).
+    async fn feed(&mut self, batch: Vec<Bytes>) -> Result<(), UploadError> {
+        let mut hashers = self.wait().await?;
+        if hashers.is_empty() {
+            self.idle = Some(hashers);
+            return Ok(());
+        }
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            hashers.update(&batch);
+            hashers
+        }));
+        Ok(())
+    }
+}
+
+/// Streams `body` into `sink`, hashing it on the side; the bytes written and the hashers.
 async fn read_body<S, B>(
     inner: &Inner<S>,
     body: B,
     room: Option<u64>,
     sink: &mut S::Sink,
-    chunk_hasher: &mut Option<crate::checksum::Hasher>,
-    mut running: Option<&mut sha2::Sha256>,
-) -> Result<u64, UploadError>
+    hashers: Hashers,
+) -> Result<(u64, Hashers), UploadError>
 where
     S: Store,
     B: Body + Send + 'static,
@@ -564,29 +630,41 @@ where
     let start = Instant::now();
     let whole = start + inner.config.body_timeout;
     let mut written = 0_u64;
+    let mut hashing = BackgroundHash {
+        idle: Some(hashers),
+        busy: None,
+    };
+    let mut batch = Vec::new();
+    let mut batched = 0_usize;
     loop {
         let deadline = whole.min(Instant::now() + inner.config.idle_timeout);
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(UploadError::BodyTimeout),
-            Ok(None) => return Ok(written),
+            Ok(None) => None,
             Ok(Some(Err(_))) => return Err(UploadError::BodyFailed),
-            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Ok(frame))) => Some(frame),
+        };
+        let Some(frame) = frame else {
+            let mut hashers = hashing.wait().await?;
+            hashers.update(&batch);
+            return Ok((written, hashers));
         };
         let Ok(mut data) = frame.into_data() else {
             continue;
         };
+        // Free for `Bytes` (what hyper's bodies carry); other buffers are copied once.
         let data: Bytes = data.copy_to_bytes(data.remaining());
         written += data.len() as u64;
         if room.is_some_and(|room| written > room) {
             return Err(UploadError::TooLarge("chunk exceeds the upload's length"));
         }
-        if let Some(h) = chunk_hasher.as_mut() {
-            h.update(&data);
-        }
-        if let Some(h) = running.as_deref_mut() {
-            h.update(&data);
-        }
+        batched += data.len();
+        batch.push(data.clone());
         sink.write(data).await?;
+        if batched >= HASH_BATCH {
+            hashing.feed(std::mem::take(&mut batch)).await?;
+            batched = 0;
+        }
     }
 }
 
