@@ -15,6 +15,10 @@
 //! The future `serve` returns resolves once the listener is closed and every connection is
 //! gone; dropping it drops the connections at once.
 //!
+//! Each request carries its connection's peer address as a [`SocketAddr`] request extension,
+//! so keys by client address work behind `serve` (palisade-ratelimit's `PeerIp` reads it; in
+//! an axum handler, `Extension<SocketAddr>`).
+//!
 //! Every connection counts as a registered task (like a [`ShutdownGuard`]) from the moment
 //! it is accepted until it closes, so the drain also waits for the last bytes to be written.
 //! A request pending since before the shutdown was triggered therefore ends at the deadline
@@ -290,7 +294,10 @@ async fn connection<S, B>(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, %remote_addr, "cannot set TCP_NODELAY");
     }
-    let service = TowerToHyperService::new(service);
+    let service = TowerToHyperService::new(WithPeer {
+        inner: service,
+        peer: remote_addr,
+    });
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let result = tokio::select! {
         biased;
@@ -312,6 +319,31 @@ async fn connection<S, B>(
         tracing::debug!(%error, %remote_addr, "connection ended with an error");
     }
     drop(guard);
+}
+
+/// Inserts the connection's peer address into every request's extensions.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S, B> Service<Request<B>> for WithPeer<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.peer);
+        self.inner.call(request)
+    }
 }
 
 fn reap(joined: Result<(), JoinError>) {

@@ -160,6 +160,25 @@ async fn serves_an_axum_router_over_http1_and_http2() {
 }
 
 #[tokio::test]
+async fn every_request_carries_its_peer_address() {
+    let shutdown = Shutdown::new();
+    let service = service_fn(|request: Request<Incoming>| async move {
+        let peer = request.extensions().get::<SocketAddr>().copied();
+        Ok::<_, Infallible>(Response::new(format!("{peer:?}")))
+    });
+    let (addr, _server) = start(&shutdown, service).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let _conn = tokio::spawn(conn);
+    let response = sender
+        .send_request(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, format!("{:?}", Some(local)));
+}
+
+#[tokio::test]
 async fn once_it_stops_accepting_new_connections_are_refused() {
     let (shutdown, mut events) = shutdown_with_events(NEVER);
     let app = Router::new().route("/", get(|| async { "hello" }));
