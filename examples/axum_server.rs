@@ -68,6 +68,10 @@ const MAX_SLOW: Duration = Duration::from_secs(30);
 enum Error {
     #[error("{0}\n\nusage: axum_server [--addr HOST:PORT] [--bare] [--rate N] [--pool N]")]
     Usage(String),
+    #[error(
+        "an axum server behind Palisade's layers\n\nusage: axum_server [--addr HOST:PORT] [--bare] [--rate N] [--pool N]"
+    )]
+    Help,
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -110,11 +114,7 @@ impl Args {
                 "--rate" => args.rate = parse_value("--rate", &value("--rate")?)?,
                 "--pool" => args.pool = parse_value("--pool", &value("--pool")?)?,
                 "--bare" => args.bare = true,
-                "-h" | "--help" => {
-                    return Err(Error::Usage(
-                        "an axum server behind Palisade's layers".into(),
-                    ));
-                }
+                "-h" | "--help" => return Err(Error::Help),
                 other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
             }
         }
@@ -134,6 +134,10 @@ where
 async fn main() -> ExitCode {
     match run().await {
         Ok(code) => code,
+        Err(Error::Help) => {
+            println!("{}", Error::Help);
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("axum_server: {error}");
             ExitCode::FAILURE

@@ -53,6 +53,10 @@ use tower::{ServiceBuilder, ServiceExt};
 enum Error {
     #[error("{0}\n\nusage: http_client [URL] [--requests N] [--interval-ms N] [--key KEY]")]
     Usage(String),
+    #[error(
+        "an HTTP client behind Palisade's client stack\n\nusage: http_client [URL] [--requests N] [--interval-ms N] [--key KEY]"
+    )]
+    Help,
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -87,11 +91,7 @@ impl Args {
                     args.interval = Duration::from_millis(ms);
                 }
                 "--key" => args.key = parse_value("--key", &value("--key")?)?,
-                "-h" | "--help" => {
-                    return Err(Error::Usage(
-                        "an HTTP client behind Palisade's client stack".into(),
-                    ));
-                }
+                "-h" | "--help" => return Err(Error::Help),
                 flag if flag.starts_with('-') => {
                     return Err(Error::Usage(format!("unknown argument {flag:?}")));
                 }
@@ -161,6 +161,10 @@ fn nonzero(value: u32) -> NonZeroU32 {
 async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Help) => {
+            println!("{}", Error::Help);
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("http_client: {error}");
             ExitCode::FAILURE

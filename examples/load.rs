@@ -15,13 +15,19 @@
 //! through the shutdown tracking, a keyed GCRA check, a pool permit and the breaker's
 //! window). Refusals, if any, are counted and shown apart.
 //!
-//! The load generator shares the machine with the server: on a small machine give it few
-//! threads (`--threads`, default 1) and run it when nothing else is busy; it prints the load
-//! average before it starts.
+//! The load comes from [`wrk`](https://github.com/wg/wrk) when it is on `PATH` (one request
+//! after the other on each connection, latencies from its `--latency` distribution), else
+//! from a small hyper client in this process (`--generator rust` forces it). Either way the
+//! generator shares the machine with the server: on a small machine give it few threads
+//! (`--threads`, default 1) and run it when nothing else is busy; it prints the load average
+//! before it starts.
+//!
+//! The summary adds up requests and seconds over the rounds for throughput, and takes the
+//! median of the rounds' p50 and p99 (`wrk` reports percentiles, not samples).
 //!
 //! Options: `--duration S` (default 5), `--warmup S` (default 1), `--connections N`
 //! (default 32), `--rounds N` (default 2, alternating bare and full), `--threads N`
-//! (default 1).
+//! (default 1), `--generator wrk|rust` (default `wrk` when installed).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -44,10 +50,10 @@ const TARGET_P99: f64 = 1.20;
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error(
-        "{0}\n\nusage: load [--duration S] [--warmup S] [--connections N] [--rounds N] [--threads N]"
-    )]
+    #[error("{0}\n\n{USAGE}")]
     Usage(String),
+    #[error("bare against full-stack throughput and latency\n\n{USAGE}")]
+    Help,
     #[error(
         "no server binary at {0}: build the examples first \
          (cargo build --release -p palisade-examples --examples)"
@@ -55,8 +61,22 @@ enum Error {
     NoServer(PathBuf),
     #[error("the server: {0}")]
     Server(String),
+    #[error("wrk: {0}")]
+    Wrk(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+const USAGE: &str = "usage: load [--duration S] [--warmup S] [--connections N] [--rounds N] \
+                     [--threads N] [--generator wrk|rust]";
+
+/// What sends the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generator {
+    /// `wrk`, a separate process.
+    Wrk,
+    /// A hyper client on this process's runtime.
+    Rust,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +86,7 @@ struct Args {
     connections: u32,
     rounds: u32,
     threads: usize,
+    generator: Generator,
 }
 
 impl Args {
@@ -76,6 +97,11 @@ impl Args {
             connections: 32,
             rounds: 2,
             threads: 1,
+            generator: if wrk_installed() {
+                Generator::Wrk
+            } else {
+                Generator::Rust
+            },
         };
         let mut argv = std::env::args().skip(1);
         while let Some(arg) = argv.next() {
@@ -88,6 +114,19 @@ impl Args {
                     _ => Err(Error::Usage(format!("{name} {text:?}: a positive integer"))),
                 }
             };
+            if arg == "--generator" {
+                args.generator = match argv.next().as_deref() {
+                    Some("wrk") if wrk_installed() => Generator::Wrk,
+                    Some("wrk") => {
+                        return Err(Error::Usage("--generator wrk: no wrk on PATH".into()));
+                    }
+                    Some("rust") => Generator::Rust,
+                    other => {
+                        return Err(Error::Usage(format!("--generator {other:?}: wrk or rust")));
+                    }
+                };
+                continue;
+            }
             match arg.as_str() {
                 "--duration" => args.duration = Duration::from_secs(value("--duration")?),
                 "--warmup" => args.warmup = Duration::from_secs(value("--warmup")?),
@@ -96,9 +135,7 @@ impl Args {
                 "--threads" => {
                     args.threads = usize::try_from(value("--threads")?).unwrap_or(usize::MAX);
                 }
-                "-h" | "--help" => {
-                    return Err(Error::Usage("bare against full-stack throughput".into()));
-                }
+                "-h" | "--help" => return Err(Error::Help),
                 other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
             }
         }
@@ -155,25 +192,64 @@ impl Sample {
     }
 }
 
-/// Every sample of one mode, summed.
-#[derive(Debug, Default)]
-struct Totals {
+impl Sample {
+    /// The round this sample makes.
+    fn round(mut self) -> Round {
+        self.latencies.sort_unstable();
+        Round {
+            requests: self.latencies.len() as u64,
+            seconds: self.elapsed.as_secs_f64(),
+            p50_ms: percentile_ms(&self.latencies, 50.0),
+            p99_ms: percentile_ms(&self.latencies, 99.0),
+            refused: self.refused_429 + self.refused_503,
+            other: self.other_status + self.errors,
+        }
+    }
+}
+
+/// One measured run of one mode.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// `2xx` answers.
+    requests: u64,
     seconds: f64,
-    latencies: Vec<u64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// `429` and `503` answers (with `wrk`: every answer that is not `2xx` or `3xx`).
     refused: u64,
+    /// Other statuses, connection and socket errors.
     other: u64,
 }
 
+/// Every round of one mode.
+#[derive(Debug, Default)]
+struct Totals {
+    rounds: Vec<Round>,
+}
+
 impl Totals {
-    fn add(&mut self, sample: Sample) {
-        self.seconds += sample.elapsed.as_secs_f64();
-        self.latencies.extend(sample.latencies);
-        self.refused += sample.refused_429 + sample.refused_503;
-        self.other += sample.other_status + sample.errors;
+    fn throughput(&self) -> f64 {
+        let requests: u64 = self.rounds.iter().map(|r| r.requests).sum();
+        let seconds: f64 = self.rounds.iter().map(|r| r.seconds).sum();
+        requests as f64 / seconds.max(f64::EPSILON)
     }
 
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.seconds.max(f64::EPSILON)
+    fn median(&self, of: impl Fn(&Round) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.rounds.iter().map(of).collect();
+        values.sort_unstable_by(f64::total_cmp);
+        match values.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        }
+    }
+
+    fn refused(&self) -> u64 {
+        self.rounds.iter().map(|r| r.refused).sum()
+    }
+
+    fn other(&self) -> u64 {
+        self.rounds.iter().map(|r| r.other).sum()
     }
 }
 
@@ -190,6 +266,10 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Help) => {
+            println!("{}", Error::Help);
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("load: {error}");
             ExitCode::FAILURE
@@ -207,8 +287,16 @@ fn run() -> Result<(), Error> {
 
     println!(
         "load: {} connections, keep-alive HTTP/1 on loopback, {:?} per run after {:?} of warm-up, \
-         {} round(s), {} generator thread(s)",
-        args.connections, args.duration, args.warmup, args.rounds, args.threads
+         {} round(s), {} generator thread(s) of {}",
+        args.connections,
+        args.duration,
+        args.warmup,
+        args.rounds,
+        args.threads,
+        match args.generator {
+            Generator::Wrk => "wrk",
+            Generator::Rust => "a hyper client in this process",
+        }
     );
     println!(
         "the full stack runs with limits no request reaches (1,000,000 req/s per key, a pool \
@@ -225,44 +313,45 @@ fn run() -> Result<(), Error> {
 
     let mut bare = Totals::default();
     let mut full = Totals::default();
-    for round in 1..=args.rounds {
+    for number in 1..=args.rounds {
         for mode in [Mode::Bare, Mode::Full] {
-            let mut sample = measure(&runtime, &server, mode, args)?;
-            sample.latencies.sort_unstable();
+            let round = match args.generator {
+                Generator::Wrk => measure_with_wrk(&server, mode, args)?,
+                Generator::Rust => measure(&runtime, &server, mode, args)?.round(),
+            };
             println!(
                 "{:<12} {:>6} {:>10} {:>11.0} {:>9.3} {:>9.3} {:>8} {:>7}",
                 mode.name(),
-                round,
-                sample.latencies.len(),
-                sample.latencies.len() as f64 / sample.elapsed.as_secs_f64().max(f64::EPSILON),
-                percentile_ms(&sample.latencies, 50.0),
-                percentile_ms(&sample.latencies, 99.0),
-                sample.refused_429 + sample.refused_503,
-                sample.other_status + sample.errors,
+                number,
+                round.requests,
+                round.requests as f64 / round.seconds.max(f64::EPSILON),
+                round.p50_ms,
+                round.p99_ms,
+                round.refused,
+                round.other,
             );
             match mode {
-                Mode::Bare => bare.add(sample),
-                Mode::Full => full.add(sample),
+                Mode::Bare => bare.rounds.push(round),
+                Mode::Full => full.rounds.push(round),
             }
         }
     }
-    bare.latencies.sort_unstable();
-    full.latencies.sort_unstable();
 
     println!();
     for (name, totals) in [("bare", &bare), ("full stack", &full)] {
         println!(
-            "{name:<12} all rounds: {:>11.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} refused, {} other",
+            "{name:<12} all rounds: {:>11.0} req/s, median p50 {:.3} ms, median p99 {:.3} ms, \
+             {} refused, {} other",
             totals.throughput(),
-            percentile_ms(&totals.latencies, 50.0),
-            percentile_ms(&totals.latencies, 99.0),
-            totals.refused,
-            totals.other
+            totals.median(|r| r.p50_ms),
+            totals.median(|r| r.p99_ms),
+            totals.refused(),
+            totals.other()
         );
     }
     let throughput = full.throughput() / bare.throughput();
-    let p99 = percentile_ms(&full.latencies, 99.0) / percentile_ms(&bare.latencies, 99.0);
-    let p50 = percentile_ms(&full.latencies, 50.0) / percentile_ms(&bare.latencies, 50.0);
+    let p99 = full.median(|r| r.p99_ms) / bare.median(|r| r.p99_ms);
+    let p50 = full.median(|r| r.p50_ms) / bare.median(|r| r.p50_ms);
     println!(
         "full / bare: throughput {throughput:.3} (target >= {TARGET_THROUGHPUT:.2}: {}), \
          p99 {p99:.3} (target <= {TARGET_P99:.2}: {}), p50 {p50:.3}",
@@ -364,6 +453,109 @@ fn measure(
     let sample = runtime.block_on(load(server.addr, args.connections, args.duration))?;
     drop(server);
     Ok(sample)
+}
+
+/// Whether `wrk` runs here.
+fn wrk_installed() -> bool {
+    Command::new("wrk")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Starts the server in `mode`, warms it up with `wrk`, then measures it with `wrk`.
+fn measure_with_wrk(binary: &Path, mode: Mode, args: Args) -> Result<Round, Error> {
+    let server = Server::start(binary, mode)?;
+    wrk(server.addr, args.connections, 1, args.warmup)?;
+    let output = wrk(server.addr, args.connections, args.threads, args.duration)?;
+    drop(server);
+    parse_wrk(&output)
+}
+
+/// One `wrk` run; its standard output.
+fn wrk(
+    addr: SocketAddr,
+    connections: u32,
+    threads: usize,
+    duration: Duration,
+) -> Result<String, Error> {
+    // wrk wants at least as many connections as threads.
+    let threads = threads.clamp(1, usize::try_from(connections).unwrap_or(usize::MAX).max(1));
+    let output = Command::new("wrk")
+        .arg(format!("--threads={threads}"))
+        .arg(format!("--connections={connections}"))
+        .arg(format!("--duration={}s", duration.as_secs().max(1)))
+        .args(["--latency", "--header", "x-api-key: load"])
+        .arg(format!("http://{addr}/"))
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(Error::Wrk(format!(
+            "{} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// The round in `wrk --latency`'s report.
+fn parse_wrk(output: &str) -> Result<Round, Error> {
+    let missing = |what: &str| Error::Wrk(format!("no {what} in its report:\n{output}"));
+    let mut total = None;
+    let mut seconds = None;
+    let mut p50 = None;
+    let mut p99 = None;
+    let mut refused = 0;
+    let mut other = 0;
+    for line in output.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", value] => p50 = duration_ms(value),
+            ["99%", value] => p99 = duration_ms(value),
+            [count, "requests", "in", time, ..] => {
+                total = count.parse::<u64>().ok();
+                seconds = duration_ms(time.trim_end_matches(',')).map(|ms| ms / 1e3);
+            }
+            ["Non-2xx", "or", "3xx", "responses:", count] => refused = count.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                other = rest
+                    .iter()
+                    .filter_map(|word| word.trim_end_matches(',').parse::<u64>().ok())
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    let total = total.ok_or_else(|| missing("request count"))?;
+    Ok(Round {
+        requests: total.saturating_sub(refused),
+        seconds: seconds.ok_or_else(|| missing("duration"))?,
+        p50_ms: p50.ok_or_else(|| missing("50th percentile"))?,
+        p99_ms: p99.ok_or_else(|| missing("99th percentile"))?,
+        refused,
+        other,
+    })
+}
+
+/// `wrk`'s durations (`512.00us`, `1.20ms`, `8.00s`, `1.50m`) in milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3_600e3,
+        _ => return None,
+    };
+    Some(number * scale)
 }
 
 /// Keeps `connections` keep-alive connections busy for `duration`.

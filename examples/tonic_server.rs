@@ -348,6 +348,10 @@ where
 enum Error {
     #[error("{0}\n\nusage: tonic_server [--server] [--addr HOST:PORT] [--client URL]")]
     Usage(String),
+    #[error(
+        "a gRPC server behind Palisade's layers, and a client\n\nusage: tonic_server [--server] [--addr HOST:PORT] [--client URL]"
+    )]
+    Help,
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -394,11 +398,7 @@ fn parse_args() -> Result<(Mode, Option<SocketAddr>), Error> {
                         .map_err(|error| Error::Usage(format!("--client {text:?}: {error}")))?,
                 );
             }
-            "-h" | "--help" => {
-                return Err(Error::Usage(
-                    "a gRPC server behind Palisade's layers, and a client".into(),
-                ));
-            }
+            "-h" | "--help" => return Err(Error::Help),
             other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
         }
     }
@@ -409,6 +409,10 @@ fn parse_args() -> Result<(Mode, Option<SocketAddr>), Error> {
 async fn main() -> ExitCode {
     match run().await {
         Ok(code) => code,
+        Err(Error::Help) => {
+            println!("{}", Error::Help);
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("tonic_server: {error}");
             ExitCode::FAILURE
