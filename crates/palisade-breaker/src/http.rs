@@ -72,7 +72,7 @@ use tower_service::Service;
 use crate::config::CircuitBreakerConfig;
 use crate::future::Guard;
 use crate::handle::CircuitBreakerHandle;
-use crate::state::{Shared, Slots};
+use crate::state::{Shared, Slot, Slots};
 
 /// Makes the response to a request the breaker rejected.
 ///
@@ -241,6 +241,7 @@ impl<S, C, F: Clone> Layer<S> for HttpCircuitBreakerLayer<C, F> {
     fn layer(&self, inner: S) -> Self::Service {
         HttpCircuitBreaker {
             inner,
+            slot: self.shared.pick(),
             shared: Arc::clone(&self.shared),
             fallback: self.fallback.clone(),
             rejection: None,
@@ -260,6 +261,8 @@ impl<S, C, F: Clone> Layer<S> for HttpCircuitBreakerLayer<C, F> {
 pub struct HttpCircuitBreaker<S, C = StatusClassify, F = DefaultFallback> {
     inner: S,
     shared: Arc<Slots<C>>,
+    /// The slot this service's calls take their references from.
+    slot: Arc<Slot<C>>,
     fallback: F,
     /// A rejection decided by `poll_ready` without polling `inner`.
     rejection: Option<CircuitOpen>,
@@ -295,6 +298,7 @@ impl<S: Clone, C, F: Clone> Clone for HttpCircuitBreaker<S, C, F> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            slot: self.shared.pick(),
             shared: Arc::clone(&self.shared),
             fallback: self.fallback.clone(),
             rejection: None,
@@ -323,7 +327,7 @@ where
     type Future = ResponseFuture<S::Future, C, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.shared.fail_fast(&mut self.rejection) {
+        if self.slot.fail_fast(&mut self.rejection) {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx)
@@ -331,7 +335,7 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let decided = self.rejection.take();
-        match Guard::admit::<Response<ResB>, S::Error>(self.shared.local(), decided) {
+        match Guard::admit::<Response<ResB>, S::Error>(&self.slot, decided) {
             Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
             Err(rejection) => ResponseFuture::fallback(self.fallback.respond(&rejection, request)),
         }

@@ -35,8 +35,9 @@
 //!
 //! While closed, a call takes no lock and allocates nothing; in a healthy service (a full
 //! window of successes) it only reads the breaker's state, plus one reference-count update
-//! on a per-thread slot so that threads sharing a breaker do not contend. See the crate's
-//! bench numbers in the repository's `benches/README.md`.
+//! on the service's own slot (services and clones are given slots in turn) so that threads
+//! sharing a breaker do not contend. See the crate's bench numbers in the repository's
+//! `benches/README.md`.
 //!
 //! # Example
 //!

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use crate::future::{Guard, ResponseFuture};
 use crate::handle::CircuitBreakerHandle;
-use crate::state::Slots;
+use crate::state::{Slot, Slots};
 
 /// A service guarded by a circuit breaker; built by
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -25,6 +25,8 @@ use crate::state::Slots;
 pub struct CircuitBreaker<S, C = DefaultClassify> {
     inner: S,
     shared: Arc<Slots<C>>,
+    /// The slot this service's calls take their references from (see [`Slots::pick`]).
+    slot: Arc<Slot<C>>,
     /// A rejection decided by `poll_ready` without polling `inner`.
     rejection: Option<CircuitOpen>,
 }
@@ -33,6 +35,7 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, shared: Arc<Slots<C>>) -> Self {
         Self {
             inner,
+            slot: shared.pick(),
             shared,
             rejection: None,
         }
@@ -90,7 +93,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.shared.fail_fast(&mut self.rejection) {
+        if self.slot.fail_fast(&mut self.rejection) {
             return Poll::Ready(Ok(()));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -98,7 +101,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        match Guard::admit::<S::Response, S::Error>(self.shared.local(), self.rejection.take()) {
+        match Guard::admit::<S::Response, S::Error>(&self.slot, self.rejection.take()) {
             Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
             Err(rejection) => ResponseFuture::rejected(rejection),
         }

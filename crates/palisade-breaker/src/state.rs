@@ -16,7 +16,7 @@
 //! State changes that need more than one word (open: pick the wait; close: clear the window)
 //! take a mutex, so they happen one at a time; the hot path never touches it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -253,7 +253,16 @@ impl<C> Shared<C> {
     /// to record), or the rejection.
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Option<Permit>, CircuitOpen> {
-        let mut word = self.word.load(Ordering::Acquire);
+        let word = self.word.load(Ordering::Acquire);
+        if tag(word) == CLOSED {
+            return Ok(Some(Permit::new(generation(word), false)));
+        }
+        self.acquire_other(word)
+    }
+
+    /// [`Shared::acquire`] in any state but closed.
+    #[inline(never)]
+    fn acquire_other(&self, mut word: u64) -> Result<Option<Permit>, CircuitOpen> {
         loop {
             let permit = |word, probe| Permit::new(generation(word), probe);
             match tag(word) {
@@ -293,6 +302,17 @@ impl<C> Shared<C> {
     /// that was cancelled: it counts for nothing and frees its probe slot.
     #[inline]
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome, slow: bool) {
+        // The healthy closed path: a plain success into a window it cannot change (whatever
+        // the state, recording it would change nothing), so read the window and stop.
+        if !permit.is_probe() && outcome == Outcome::Success && !slow && self.recorder.is_quiet() {
+            return;
+        }
+        self.record_changing(permit, outcome, slow);
+    }
+
+    /// [`Shared::record`] for an outcome that may change the window or the state.
+    #[inline(never)]
+    fn record_changing(&self, permit: Permit, outcome: Outcome, slow: bool) {
         if permit.is_probe() {
             self.record_probe(permit.generation(), outcome, slow);
         } else if outcome != Outcome::Ignored {
@@ -499,12 +519,14 @@ impl<C> std::ops::Deref for Slot<C> {
 /// How many [`Slot`]s a breaker shared by a layer has.
 const SLOTS: usize = 8;
 
-/// A breaker behind several reference counts, one per [`Slot`]. Each thread takes the
-/// references for its calls from its own slot, so threads sharing one breaker do not
-/// contend on one reference count (and on the cache line of the state next to it) with
-/// every call.
+/// A breaker behind several reference counts, one per [`Slot`]. Each service (and each
+/// clone) takes the references for its calls from the slot it was given, in turn, so
+/// services on different threads sharing one breaker do not contend on one reference count
+/// (and on the cache line of the state next to it) with every call.
 pub(crate) struct Slots<C> {
     slots: [Arc<Slot<C>>; SLOTS],
+    /// The slot [`Slots::pick`] hands out next.
+    next: AtomicUsize,
 }
 
 impl<C> Slots<C> {
@@ -512,23 +534,16 @@ impl<C> Slots<C> {
         let shared = Arc::new(shared);
         Self {
             slots: std::array::from_fn(|_| Arc::new(Slot::new(Arc::clone(&shared)))),
+            next: AtomicUsize::new(0),
         }
     }
 
-    /// This thread's slot.
-    #[inline]
-    pub(crate) fn local(&self) -> &Arc<Slot<C>> {
-        thread_local! {
-            static INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-        }
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let index = INDEX.with(|index| {
-            if index.get() == usize::MAX {
-                index.set(NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS);
-            }
-            index.get()
-        });
-        &self.slots[index % SLOTS]
+    /// A slot for a new service, in turn: services (and clones) made one after another,
+    /// typically one per connection or per thread, take their calls' references from
+    /// different slots, without a thread-local lookup per call.
+    pub(crate) fn pick(&self) -> Arc<Slot<C>> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % SLOTS;
+        Arc::clone(&self.slots[index])
     }
 
     /// The breaker, for handles.

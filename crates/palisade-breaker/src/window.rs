@@ -48,6 +48,17 @@ impl Recorder {
         matches!(self, Recorder::Time(_))
     }
 
+    /// Whether one more plain success would change nothing: a full count window of plain
+    /// successes, or a streak of zero failures. A time window always counts the call.
+    #[inline]
+    pub(crate) fn is_quiet(&self) -> bool {
+        match self {
+            Recorder::Count(w) => w.is_quiet(),
+            Recorder::Time(_) => false,
+            Recorder::Streak(w) => w.failures.load(Ordering::Relaxed) == 0,
+        }
+    }
+
     /// Records one outcome at `now` (nanoseconds since the breaker's epoch; only time windows
     /// read it) and returns the counts right after.
     #[inline]
@@ -122,16 +133,20 @@ impl CountWindow {
         ((u128::from(low) * u128::from(self.len())) >> 64) as usize
     }
 
+    /// Whether the window is full of plain successes, so that one more changes nothing.
+    #[inline]
+    fn is_quiet(&self) -> bool {
+        self.totals.load(Ordering::Relaxed) == 0
+            && self.head.load(Ordering::Relaxed) >= self.slots.len() as u64
+    }
+
     #[inline]
     fn record(&self, failure: bool, slow: bool) -> WindowCounts {
         let len = u64::from(self.len());
-        if !failure && !slow {
+        if !failure && !slow && self.is_quiet() {
             // A full window of plain successes stays the same after one more: skip the
             // shared writes, so a healthy service's calls only read the window.
-            let totals = self.totals.load(Ordering::Relaxed);
-            if totals == 0 && self.head.load(Ordering::Relaxed) >= len {
-                return decode(totals, self.len());
-            }
+            return decode(0, self.len());
         }
         let index = self.head.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[self.slot(index)];
