@@ -140,7 +140,9 @@ async fn watchdog<B: Backend>(held: Arc<Held<B>>, renew: bool) {
             held.lose(LostReason::Expired);
             return;
         }
-        let renewal = held.shared.backend.renew(&held.key, &held.lease, ttl);
+        // Boxed: the renewal future is large, and this task is spawned with every guard;
+        // kept inline it would be copied into each task, renewing or not.
+        let renewal = Box::pin(held.shared.backend.renew(&held.key, &held.lease, ttl));
         match tokio::time::timeout_at(valid_until, renewal).await {
             Ok(Ok(true)) => {
                 let until = started + ttl.saturating_sub(drift);

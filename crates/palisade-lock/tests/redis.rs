@@ -104,6 +104,37 @@ async fn tokens_grow_with_every_grant() {
 }
 
 #[tokio::test]
+async fn a_flushed_script_cache_still_grants_and_releases() {
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
+    let lock = lock(&redis);
+    let first = lock.acquire("flushed", TTL, Duration::ZERO).await.unwrap();
+    let first_token = first.token();
+    first.release().await.unwrap();
+    // The server forgets the scripts (as after a restart or a failover): `NOSCRIPT`.
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let second = lock.acquire("flushed", TTL, Duration::ZERO).await.unwrap();
+    assert!(second.token() > first_token);
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    second.release().await.unwrap();
+    assert!(lock.try_acquire("flushed", TTL).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn only_the_owner_releases() {
     let Some(redis) = RedisServer::start_or_skip() else {
         return;
