@@ -12,7 +12,10 @@
 use std::process::ExitCode;
 
 use palisade_batch::csv::Row;
-use palisade_batch::pipeline::{Emit, Fields, Format, Pipeline, PipelineProgress, RowFailure};
+use palisade_batch::pipeline::{
+    Emit, Fields, Format, Pipeline, PipelineEvent, PipelineProgress, RowFailure,
+};
+use palisade_core::event::listener_fn;
 
 /// Trims every field; filters out rows that are all blank.
 fn trim(row: Row<'_>, out: &mut Fields) -> Result<Emit, std::convert::Infallible> {
@@ -63,7 +66,11 @@ async fn main() -> ExitCode {
                 bar.println(format!("bad row: {failure}"));
             }
         })
-        .on_progress(|p: &PipelineProgress| bar.update(p));
+        .listener(listener_fn(|event: &PipelineEvent| {
+            if let PipelineEvent::Progress(p) = event {
+                bar.update(p);
+            }
+        }));
     let pipeline = if gzip { pipeline.gzip(6) } else { pipeline };
     let started = std::time::Instant::now();
     let result = pipeline.run(reader, writer).await;

@@ -306,7 +306,7 @@ impl<L, B> Batch<L, B> {
         // full one is boxed, so that pushing it into the pool moves a pointer.
         if simple {
             pool.run(items, &mut collector, |index, value| {
-                plain_item(&item, &process, index, value)
+                plain_item(&process, index, value)
             })
             .await;
         } else {
@@ -351,7 +351,6 @@ impl Pool<'_> {
         let mut items = pin!(items);
         let mut cancelled = pin!(stop.cancelled());
         let mut in_flight = FuturesUnordered::new();
-        let mut input_done = false;
 
         poll_fn(|cx| {
             loop {
@@ -364,26 +363,21 @@ impl Pool<'_> {
                     collector.stop(StopReason::Cancelled);
                 }
                 // Fill the pool while there is room and input.
-                while collector.report.stopped.is_none() && !input_done && in_flight.len() < limit {
+                while !collector.input_over && in_flight.len() < limit {
                     match items.as_mut().poll_next(cx) {
                         Poll::Ready(Some(value)) => {
                             in_flight.push(start(collector.taken, value));
                             collector.taken += 1;
                         }
-                        Poll::Ready(None) => input_done = true,
+                        Poll::Ready(None) => collector.input_over = true,
                         Poll::Pending => break,
                     }
                 }
-                collector.input_over = input_done || collector.report.stopped.is_some();
                 // Poll every woken item; collect whatever finished.
                 match in_flight.poll_next_unpin(cx) {
                     Poll::Ready(Some(outcome)) => {
-                        let failed_index = match &outcome {
-                            Outcome::Failed(f) => Some(f.index),
-                            _ => None,
-                        };
-                        collector.record(outcome);
-                        if let Some(index) = failed_index
+                        let failed = collector.record(outcome);
+                        if let Some(index) = failed
                             && stop_on_error
                             && collector.report.stopped.is_none()
                         {
@@ -410,34 +404,36 @@ struct ItemSettings<'a, L> {
 }
 
 /// One item with a single attempt, no timeout and nothing to interrupt it.
-async fn plain_item<T, F, R, E, L>(
-    settings: &ItemSettings<'_, L>,
-    process: &F,
+///
+/// An `async` block rather than an `async fn`: the block keeps its captures in place, where
+/// a function would also copy its arguments into its body's state, and every byte of this
+/// future is copied into the pool's allocation for the item.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` makes a larger future"
+)]
+fn plain_item<'a, T: 'a, F, R: 'a, E: 'a>(
+    process: &'a F,
     index: usize,
     item: T,
-) -> Outcome<T, R, E>
+) -> impl Future<Output = Outcome<T, R, E>> + 'a
 where
     F: AsyncFn(&T) -> Result<R, E>,
-    L: Listener<BatchEvent>,
 {
-    match process(&item).await {
-        Ok(value) => Outcome::Succeeded(Success {
-            index,
-            item,
-            value,
-            attempts: 1,
-        }),
-        Err(error) => {
-            tracing::debug!(index, attempts = 1, "batch item failed");
-            settings
-                .listener
-                .on_event(&BatchEvent::ItemFailed { index, attempts: 1 });
-            Outcome::Failed(Failure {
+    async move {
+        match process(&item).await {
+            Ok(value) => Outcome::Succeeded(Success {
+                index,
+                item,
+                value,
+                attempts: 1,
+            }),
+            Err(error) => Outcome::Failed(Failure {
                 index,
                 item,
                 error: ItemError::Failed(error),
                 attempts: 1,
-            })
+            }),
         }
     }
 }
@@ -489,10 +485,6 @@ where
             delays = settings.retry.map(|backoff| Box::new(backoff.delays()));
         }
         let Some(delay) = delays.as_mut().and_then(|d| d.next_after(elapsed)) else {
-            tracing::debug!(index, attempts, "batch item failed");
-            settings
-                .listener
-                .on_event(&BatchEvent::ItemFailed { index, attempts });
             return Outcome::Failed(Failure {
                 index,
                 item,
@@ -588,36 +580,56 @@ where
     fn stop(&mut self, reason: StopReason) {
         tracing::info!(?reason, "batch run stopping");
         self.report.stopped = Some(reason);
+        self.input_over = true;
         self.listener.on_event(&BatchEvent::Stopped(reason));
     }
 
-    fn record(&mut self, outcome: Outcome<T, R, E>) {
+    /// Counts and files a finished item; returns its index if it failed. Small enough to
+    /// be inlined into the pool's loop: it runs once per item.
+    #[inline]
+    fn record(&mut self, outcome: Outcome<T, R, E>) -> Option<usize> {
         self.progress.done += 1;
-        match &outcome {
+        let failed = match &outcome {
             Outcome::Succeeded(s) => {
                 self.progress.succeeded += 1;
                 self.report.retries += u64::from(s.attempts - 1);
+                None
             }
-            Outcome::Failed(f) => {
-                self.progress.failed += 1;
-                self.report.retries += u64::from(f.attempts - 1);
-            }
-            Outcome::Interrupted(i) => {
-                self.report.retries += u64::from(i.attempts - 1);
-            }
-        }
+            other => self.count_unsuccessful(other),
+        };
         if self.listening {
-            self.progress.elapsed = self.started.elapsed();
-            self.listener.on_event(&BatchEvent::Progress(self.progress));
+            self.send_progress();
         }
         match self.group {
             None => self.report.push(outcome),
-            Some(size) => {
-                let group = outcome.index() / size.get();
-                self.groups.entry(group).or_default().push(outcome);
-                self.release_groups(size.get());
-            }
+            Some(size) => self.file_in_group(outcome, size.get()),
         }
+        failed
+    }
+
+    /// Counts a failed or interrupted item; returns its index if it failed.
+    fn count_unsuccessful(&mut self, outcome: &Outcome<T, R, E>) -> Option<usize> {
+        self.report.retries += u64::from(outcome.attempts() - 1);
+        let Outcome::Failed(f) = outcome else {
+            return None;
+        };
+        self.progress.failed += 1;
+        let (index, attempts) = (f.index, f.attempts);
+        tracing::debug!(index, attempts, "batch item failed");
+        self.listener
+            .on_event(&BatchEvent::ItemFailed { index, attempts });
+        Some(index)
+    }
+
+    fn send_progress(&mut self) {
+        self.progress.elapsed = self.started.elapsed();
+        self.listener.on_event(&BatchEvent::Progress(self.progress));
+    }
+
+    fn file_in_group(&mut self, outcome: Outcome<T, R, E>, size: usize) {
+        let group = outcome.index() / size;
+        self.groups.entry(group).or_default().push(outcome);
+        self.release_groups(size);
     }
 
     /// How many items group `group` holds, as far as is known now.

@@ -66,9 +66,12 @@
 //! # Events
 //!
 //! [`BatchEvent`]s (retrying, item failed, batch completed, progress, stopped, finished) go
-//! to the [`Listener`](palisade_core::Listener) set with [`Batch::listener`]; with feature
-//! `progress`, [`BatchProgressBar`] is a listener that draws an indicatif bar. Retries,
-//! failures and stops are also `tracing` events.
+//! to the [`Listener`](palisade_core::Listener) set with [`Batch::listener`], and a
+//! pipeline's [`PipelineEvent`](pipeline::PipelineEvent)s (progress, row failed, too many
+//! errors, finished) to the one set with [`Pipeline::listener`](pipeline::Pipeline::listener):
+//! core's `MetricsListener` (feature `metrics` of `palisade-core`) turns both into metrics.
+//! With feature `progress`, [`BatchProgressBar`] is a listener that draws an indicatif bar.
+//! Retries, failures and stops are also `tracing` events.
 //!
 //! # Features
 //!

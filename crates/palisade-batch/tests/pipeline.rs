@@ -7,8 +7,9 @@ use std::task::{Context, Poll};
 
 use palisade_batch::csv::{CsvReader, Record, Row};
 use palisade_batch::pipeline::{
-    Emit, FailureReason, Fields, Format, Pipeline, PipelineError, RowFailure,
+    Emit, FailureReason, Fields, Format, Pipeline, PipelineError, PipelineEvent, RowFailure,
 };
+use palisade_core::event::listener_fn;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const HEADER: &str = "id,name,city,note\n";
@@ -296,18 +297,57 @@ async fn an_unreadable_input_is_a_read_error() {
 
 #[tokio::test]
 async fn progress_is_reported_and_reaches_the_end() {
-    let mut seen = Vec::new();
+    let seen = std::sync::Mutex::new(Vec::new());
     let summary = Pipeline::keep_all()
         .chunk_size(4096)
-        .on_progress(|p: &palisade_batch::pipeline::PipelineProgress| seen.push(*p))
+        .listener(listener_fn(|event: &PipelineEvent| {
+            seen.lock().unwrap().push(*event);
+        }))
         .run(Generated::new(10_000), Counting::default())
         .await
         .unwrap();
-    assert!(seen.len() > 10);
-    assert!(seen.windows(2).all(|w| w[0].rows_in <= w[1].rows_in));
-    let last = seen.last().unwrap();
+    let seen = seen.into_inner().unwrap();
+    let (last, progress) = seen.split_last().unwrap();
+    assert!(progress.len() > 10);
+    let progress: Vec<_> = progress
+        .iter()
+        .map(|event| match event {
+            PipelineEvent::Progress(p) => *p,
+            other => panic!("not progress: {other:?}"),
+        })
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0].rows_in <= w[1].rows_in));
+    let PipelineEvent::Finished(last) = last else {
+        panic!("the last event is not the end: {last:?}");
+    };
     assert_eq!(last.rows_in, summary.rows_in);
+    assert_eq!(last.rows_out, summary.rows_out);
     assert_eq!(last.bytes_in, summary.bytes_in);
+}
+
+#[tokio::test]
+async fn failed_rows_and_the_error_limit_are_events() {
+    let seen = std::sync::Mutex::new(Vec::new());
+    let err = Pipeline::keep_all()
+        .error_limit(1)
+        .listener(listener_fn(|event: &PipelineEvent| {
+            seen.lock().unwrap().push(*event);
+        }))
+        .run(&b"a,b\n1,2\n3\n4,5\n6\n7,8\n"[..], Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PipelineError::TooManyErrors { limit: 1, line: 5 }),
+        "{err}"
+    );
+    assert_eq!(
+        seen.into_inner().unwrap(),
+        [
+            PipelineEvent::RowFailed { line: 3 },
+            PipelineEvent::RowFailed { line: 5 },
+            PipelineEvent::TooManyErrors { limit: 1, line: 5 },
+        ]
+    );
 }
 
 /// Whether a tool this machine is expected to have is missing: skip with a reason, or fail

@@ -5,6 +5,8 @@
 //! rows as JSON lines or CSV (gzip-compressed with feature `gzip`). Rows that fail, malformed
 //! or refused by the transform, go to an error sink with their line numbers and the run goes
 //! on, up to an optional error limit.
+//! Progress, failed rows and the end of the run are [`PipelineEvent`]s for a core
+//! [`Listener`](palisade_core::Listener) ([`Pipeline::listener`]).
 //!
 //! The two stages, parsing plus transform, and compression plus writing, are joined by a
 //! bounded channel of output chunks that are handed back for reuse: a slow writer slows
@@ -41,12 +43,12 @@
 //! # }
 //! ```
 
+mod event;
 mod fields;
 mod report;
 mod run;
 
+pub use self::event::{PipelineEvent, PipelineProgress};
 pub use self::fields::Fields;
 pub use self::report::{FailureReason, KEPT_FAILURES, PipelineError, RowFailure, Summary};
-pub use self::run::{
-    Emit, ErrorSink, Format, KeepAll, OnProgress, Pipeline, PipelineProgress, Transform,
-};
+pub use self::run::{Emit, ErrorSink, Format, KeepAll, Pipeline, Transform};

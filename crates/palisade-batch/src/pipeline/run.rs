@@ -3,10 +3,12 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 
+use palisade_core::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::csv::{CsvReader, Record, Row};
+use crate::pipeline::event::{PipelineEvent, PipelineProgress};
 use crate::pipeline::fields::Fields;
 use crate::pipeline::report::{FailureReason, KEPT_FAILURES, PipelineError, RowFailure, Summary};
 
@@ -135,22 +137,6 @@ impl<F: FnMut(&RowFailure)> ErrorSink for F {
     }
 }
 
-/// Where a run has got to: reported with every chunk handed to the writer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PipelineProgress {
-    /// Data records read so far.
-    pub rows_in: u64,
-    /// Rows written (or on their way to the writer).
-    pub rows_out: u64,
-    /// Rows filtered out so far.
-    pub filtered: u64,
-    /// Rows failed so far.
-    pub failed: u64,
-    /// Bytes read from the input so far.
-    pub bytes_in: u64,
-}
-
 /// The output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -166,14 +152,14 @@ pub enum Format {
 /// Reads CSV, transforms each row, and writes JSON lines or CSV, optionally gzip.
 ///
 /// Defaults: [`Format::JsonLines`], no compression, no error limit, output chunks of
-/// 64 KiB, a channel of 4 chunks between the stages, a 256 KiB read buffer. See the
-/// [module docs](crate::pipeline) for an example.
+/// 64 KiB, a channel of 4 chunks between the stages, a 256 KiB read buffer, no listener.
+/// See the [module docs](crate::pipeline) for an example.
 #[derive(Debug, Clone)]
 #[must_use = "a Pipeline does nothing until `run` is awaited"]
-pub struct Pipeline<T = KeepAll, S = (), P = ()> {
+pub struct Pipeline<T = KeepAll, S = (), L = ()> {
     transform: T,
     sink: S,
-    progress: P,
+    listener: L,
     format: Format,
     #[cfg(feature = "gzip")]
     gzip: Option<u32>,
@@ -200,7 +186,7 @@ impl<T: Transform> Pipeline<T> {
         Pipeline {
             transform,
             sink: (),
-            progress: (),
+            listener: (),
             format: Format::JsonLines,
             #[cfg(feature = "gzip")]
             gzip: None,
@@ -212,7 +198,7 @@ impl<T: Transform> Pipeline<T> {
     }
 }
 
-impl<T, S, P> Pipeline<T, S, P> {
+impl<T, S, L> Pipeline<T, S, L> {
     /// The output format; default [`Format::JsonLines`].
     pub const fn format(mut self, format: Format) -> Self {
         self.format = format;
@@ -255,11 +241,11 @@ impl<T, S, P> Pipeline<T, S, P> {
     }
 
     /// Sends every failed row, with its line number, to `sink`.
-    pub fn on_error<S2: ErrorSink>(self, sink: S2) -> Pipeline<T, S2, P> {
+    pub fn on_error<S2: ErrorSink>(self, sink: S2) -> Pipeline<T, S2, L> {
         Pipeline {
             transform: self.transform,
             sink,
-            progress: self.progress,
+            listener: self.listener,
             format: self.format,
             #[cfg(feature = "gzip")]
             gzip: self.gzip,
@@ -270,12 +256,16 @@ impl<T, S, P> Pipeline<T, S, P> {
         }
     }
 
-    /// Calls `progress` with each chunk handed to the writer, and once at the end.
-    pub fn on_progress<P2: FnMut(&PipelineProgress)>(self, progress: P2) -> Pipeline<T, S, P2> {
+    /// Sends the run's [`PipelineEvent`]s (progress with each chunk handed to the writer,
+    /// failed rows, the error limit, the end) to `listener`, a core
+    /// [`Listener`](palisade_core::Listener): a closure through
+    /// [`listener_fn`](palisade_core::event::listener_fn), or a
+    /// `MetricsListener` (core feature `metrics`).
+    pub fn listener<L2>(self, listener: L2) -> Pipeline<T, S, L2> {
         Pipeline {
             transform: self.transform,
             sink: self.sink,
-            progress,
+            listener,
             format: self.format,
             #[cfg(feature = "gzip")]
             gzip: self.gzip,
@@ -284,22 +274,6 @@ impl<T, S, P> Pipeline<T, S, P> {
             channel: self.channel,
             read_capacity: self.read_capacity,
         }
-    }
-}
-
-/// Calls a progress callback; `()` calls nothing.
-pub trait OnProgress {
-    /// Reports `progress`.
-    fn on_progress(&mut self, progress: &PipelineProgress);
-}
-
-impl OnProgress for () {
-    fn on_progress(&mut self, _progress: &PipelineProgress) {}
-}
-
-impl<F: FnMut(&PipelineProgress)> OnProgress for F {
-    fn on_progress(&mut self, progress: &PipelineProgress) {
-        self(progress);
     }
 }
 
@@ -309,11 +283,11 @@ struct Read {
     chunk_bytes: usize,
 }
 
-impl<T, S, P> Pipeline<T, S, P>
+impl<T, S, L> Pipeline<T, S, L>
 where
     T: Transform,
     S: ErrorSink,
-    P: OnProgress,
+    L: Listener<PipelineEvent>,
 {
     /// Runs the pipeline from `input` to `output` and reports what it did.
     ///
@@ -333,7 +307,7 @@ where
         let Pipeline {
             mut transform,
             mut sink,
-            mut progress,
+            listener,
             format,
             #[cfg(feature = "gzip")]
             gzip,
@@ -345,6 +319,7 @@ where
         let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(channel.get());
         let most_chunks = channel.get() + 2;
         let (empty_tx, mut empty_rx) = mpsc::channel::<Vec<u8>>(most_chunks);
+        let listener = &listener;
 
         let read = async move {
             let mut reader = CsvReader::with_capacity(read_capacity, input);
@@ -417,6 +392,7 @@ where
                     tracing::debug!(line = failure.line, %failure, "pipeline row failed");
                     sink.on_error(&failure);
                     let line = failure.line;
+                    listener.on_event(&PipelineEvent::RowFailed { line });
                     if summary.failures.len() < KEPT_FAILURES {
                         summary.failures.push(failure);
                     }
@@ -424,6 +400,7 @@ where
                         && summary.failed > limit
                     {
                         tracing::warn!(limit, line, "pipeline stopped: too many failed rows");
+                        listener.on_event(&PipelineEvent::TooManyErrors { limit, line });
                         return Err(PipelineError::TooManyErrors { limit, line });
                     }
                 }
@@ -446,7 +423,7 @@ where
                     if full_tx.send(full).await.is_err() {
                         break;
                     }
-                    progress.on_progress(&report(&summary, &reader));
+                    listener.on_event(&PipelineEvent::Progress(report(&summary, &reader)));
                 }
             }
             if !chunk.is_empty() {
@@ -454,7 +431,6 @@ where
                 let _ = full_tx.send(chunk).await;
             }
             drop(full_tx);
-            progress.on_progress(&report(&summary, &reader));
             summary.bytes_in = reader.bytes_read();
             summary.peak_buffered =
                 reader.buffer_capacity() + record.capacity() + fields.capacity();
@@ -502,6 +478,13 @@ where
             failed = summary.failed,
             "pipeline finished"
         );
+        listener.on_event(&PipelineEvent::Finished(PipelineProgress {
+            rows_in: summary.rows_in,
+            rows_out: summary.rows_out,
+            filtered: summary.filtered,
+            failed: summary.failed,
+            bytes_in: summary.bytes_in,
+        }));
         Ok(summary)
     }
 }
