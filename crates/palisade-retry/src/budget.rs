@@ -1,9 +1,14 @@
 //! The retry budget shared by every service of one layer.
 //!
-//! Deposits (one per call, on the hot path) are lock-free: each bucket is one `AtomicU64`
-//! holding the bucket's epoch and its count, updated by a compare-exchange loop. Withdrawals
-//! (one per retry, off the hot path) check and count under a short mutex, so concurrent
-//! retries can never overdraw the budget.
+//! Deposits (one per call, on the hot path) take no lock and no read-modify-write
+//! instruction: the calls are counted in stripes, one per thread (threads are given stripes
+//! in turn; past [`STRIPES`] threads, they share). Each stripe holds one `AtomicU64` per
+//! bucket (the bucket's epoch and its count), which a deposit updates with a plain load and
+//! store. A thread is alone on its stripe unless more than [`STRIPES`] threads call, and
+//! then two deposits racing on one word can lose one of them: a lost deposit can only lower
+//! the budget, never let retries exceed it. Withdrawals (one per retry, off the hot path) sum
+//! the stripes, then check and count under a short mutex, so concurrent retries can never
+//! overdraw the budget.
 //!
 //! Deposits do not read the clock each time (a clock reading costs more than the rest of a
 //! deposit): they use the epoch last read, which every withdrawal and every
@@ -12,7 +17,7 @@
 //! the budget, never let retries exceed it.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -24,13 +29,35 @@ const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 
+/// The number of deposit stripes per budget.
+const STRIPES: usize = 8;
+
 /// A thread's deposits read the clock once per this many (into whichever budget).
 const CLOCK_EVERY: u32 = 16;
 
+/// The bits of [`THREAD`] that count deposits since the clock was read.
+const SINCE_CLOCK_BITS: u32 = 8;
+const SINCE_CLOCK_MASK: u32 = (1 << SINCE_CLOCK_BITS) - 1;
+
+/// The stripe the next new thread gets (modulo [`STRIPES`]).
+static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
+
 thread_local! {
-    /// Deposits made on this thread since it last read the clock.
-    static DEPOSITS_SINCE_CLOCK: Cell<u32> = const { Cell::new(0) };
+    /// This thread's stripe plus one (0: not given yet) above [`SINCE_CLOCK_BITS`], and the
+    /// deposits it made since it last read the clock below.
+    static THREAD: Cell<u32> = const { Cell::new(0) };
 }
+
+/// This thread's [`THREAD`] word, made on its first deposit.
+#[cold]
+fn first_deposit() -> u32 {
+    let stripe = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES as u32;
+    (stripe + 1) << SINCE_CLOCK_BITS
+}
+
+/// One stripe: a word per bucket, on cache lines of its own.
+#[repr(align(128))]
+struct Stripe([AtomicU64; BUCKETS]);
 
 pub(crate) struct Budget {
     base: Instant,
@@ -40,8 +67,8 @@ pub(crate) struct Budget {
     ratio: f64,
     /// The latest epoch read from the clock, which deposits are counted in.
     last_epoch: AtomicU64,
-    /// Per bucket: `epoch << COUNT_BITS | calls`.
-    deposits: [AtomicU64; BUCKETS],
+    /// Per stripe, per bucket: `epoch << COUNT_BITS | calls`.
+    deposits: [Stripe; STRIPES],
     /// Per bucket: `(epoch, retries)`.
     withdrawals: Mutex<[(u64, u64); BUCKETS]>,
 }
@@ -57,16 +84,15 @@ impl Budget {
             floor: f64::from(config.min_per_second) * config.ttl.as_secs_f64(),
             ratio: config.ratio,
             last_epoch: AtomicU64::new(0),
-            deposits: std::array::from_fn(|_| AtomicU64::new(0)),
+            deposits: std::array::from_fn(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0)))),
             withdrawals: Mutex::new([(u64::MAX, 0); BUCKETS]),
         }
     }
 
     fn epoch(&self) -> u64 {
-        let nanos = Instant::now()
-            .saturating_duration_since(self.base)
-            .as_nanos();
-        u64::try_from(nanos / u128::from(self.bucket_nanos)).unwrap_or(u64::MAX) & EPOCH_MASK
+        let since = Instant::now().saturating_duration_since(self.base);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        (nanos / self.bucket_nanos) & EPOCH_MASK
     }
 
     /// The current epoch, read from the clock and remembered for deposits.
@@ -78,44 +104,36 @@ impl Budget {
             .max(epoch)
     }
 
-    /// The epoch a deposit is counted in: the latest one read, refreshed from the clock on
-    /// every `CLOCK_EVERY`th deposit of this thread.
-    #[inline]
-    fn deposit_epoch(&self) -> u64 {
-        let clock_due = DEPOSITS_SINCE_CLOCK.with(|since_clock| {
-            let deposits = since_clock.get() + 1;
-            let due = deposits >= CLOCK_EVERY;
-            since_clock.set(if due { 0 } else { deposits });
-            due
-        });
-        if clock_due {
-            self.refresh_epoch()
-        } else {
-            self.last_epoch.load(Ordering::Relaxed)
-        }
-    }
-
     /// Records a call.
     #[inline]
     pub(crate) fn deposit(&self) {
-        let epoch = self.deposit_epoch();
-        let slot = &self.deposits[(epoch % BUCKETS as u64) as usize];
-        let mut current = slot.load(Ordering::Relaxed);
-        loop {
-            let stored = current >> COUNT_BITS;
-            let next = if stored >= epoch {
-                if current & COUNT_MASK == COUNT_MASK {
-                    return; // saturated: 16 M calls in one bucket
-                }
-                current + 1
-            } else {
-                (epoch << COUNT_BITS) | 1
-            };
-            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
+        let (stripe, clock_due) = THREAD.with(|thread| {
+            let mut word = thread.get();
+            if word == 0 {
+                word = first_deposit();
             }
-        }
+            let since_clock = (word & SINCE_CLOCK_MASK) + 1;
+            let due = since_clock >= CLOCK_EVERY;
+            thread.set((word & !SINCE_CLOCK_MASK) | if due { 0 } else { since_clock });
+            ((word >> SINCE_CLOCK_BITS) as usize - 1, due)
+        });
+        let epoch = if clock_due {
+            self.refresh_epoch()
+        } else {
+            self.last_epoch.load(Ordering::Relaxed)
+        };
+        let slot = &self.deposits[stripe % STRIPES].0[(epoch % BUCKETS as u64) as usize];
+        // A plain load and store: see the module's docs for why a lost race is harmless.
+        let current = slot.load(Ordering::Relaxed);
+        let next = if current >> COUNT_BITS >= epoch {
+            if current & COUNT_MASK == COUNT_MASK {
+                return; // saturated: 16 M calls in one bucket
+            }
+            current + 1
+        } else {
+            (epoch << COUNT_BITS) | 1
+        };
+        slot.store(next, Ordering::Relaxed);
     }
 
     fn in_window(epoch: u64, stored: u64) -> bool {
@@ -125,6 +143,7 @@ impl Budget {
     fn deposits(&self, epoch: u64) -> u64 {
         self.deposits
             .iter()
+            .flat_map(|stripe| &stripe.0)
             .map(|slot| slot.load(Ordering::Relaxed))
             .filter(|word| Self::in_window(epoch, word >> COUNT_BITS))
             .map(|word| word & COUNT_MASK)

@@ -118,7 +118,10 @@ impl Hedge {
 /// "the last `ttl`" means between `ttl × 9/10` and `ttl`. To keep the clock off the hot path,
 /// calls are dated by the latest clock reading, taken by every retry and by every 16th call on
 /// a thread: a call may count as made at that reading, earlier than it was, and so leave the
-/// window early, which can only lower the budget, never exceed it.
+/// window early, which can only lower the budget, never exceed it. Calls are counted
+/// per thread without atomic read-modify-writes; past eight threads calling through one
+/// layer, threads share counters and two calls at the same instant may count once, which
+/// again can only lower the budget.
 ///
 /// The [`Default`]: ratio **0.2**, floor **10** retries per second, window **10 s**.
 #[derive(Debug, Clone, Copy, PartialEq)]

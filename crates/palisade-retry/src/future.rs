@@ -13,7 +13,8 @@ use palisade_core::reject::{Rejection, RetryAfter};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
-use tracing::Span;
+use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+use tracing::{Level, Span};
 
 use crate::config::RetryConfig;
 use crate::error::{AttemptTimedOut, DeadlineExceeded};
@@ -29,8 +30,12 @@ pin_project! {
     ///
     /// Dropping it cancels the attempts or the wait in progress.
     ///
-    /// It is small, and a call whose first attempt completes at once does not allocate;
-    /// the timers, a hedge and the backoff's state are boxed together when first needed.
+    /// It is small (the inner future, the inner service, the request's copy and five words),
+    /// and a call whose first attempt succeeds takes a fast path: no timer, no clock reading
+    /// unless the configuration needs one, and no allocation; the timers, a hedge and the
+    /// backoff's state are boxed together when first needed. The one exception: while a
+    /// `tracing` subscriber enables `DEBUG`, the call's `retry` span is boxed (one small
+    /// allocation per call), so that calls without it do not move its 40 bytes around.
     pub struct ResponseFuture<S, Request, C, P>
     where
         S: Service<Request>,
@@ -48,10 +53,11 @@ pin_project! {
         request: Option<Request>,
         shared: Arc<Shared<C, P>>,
         // When the call started, if anything needs it (the deadline is counted from it).
-        started: Option<Instant>,
+        started: Started,
         // What only a call that waits needs; `None` until then (see `Waits`).
         waits: Option<Pin<Box<Waits<S::Future>>>>,
-        span: Span,
+        // The call's span, if a subscriber may want it (boxed: 8 bytes to move, not 40).
+        span: Option<Box<Span>>,
     }
 }
 
@@ -137,15 +143,11 @@ where
             None
         };
         let timed_classify = shared.classify.uses_elapsed();
-        let needs_clock = config.deadline.is_some()
-            || config.attempt_timeout.is_some()
-            || config.backoff.max_elapsed().is_some()
-            || config.hedge.is_some()
-            || timed_classify;
+        let needs_clock = shared.needs_clock || timed_classify;
         let started = needs_clock.then(Instant::now);
-        let span = tracing::debug_span!("retry", attempt = 1u32);
+        let span = call_span();
         let future = {
-            let _entered = span.enter();
+            let _entered = span.as_deref().map(Span::enter);
             service.call(request)
         };
         Self {
@@ -156,11 +158,61 @@ where
             service,
             request: copy,
             attempt: 1,
-            started,
+            started: Started::new(started, shared.base),
             waits: None,
             span,
             shared,
         }
+    }
+}
+
+/// The call's `retry` span, made only if a `tracing` subscriber may want it: with none, or
+/// with `DEBUG` off, a call pays nothing for it (a disabled span would still cost a few
+/// `log` checks per call when `tracing`'s `log` feature is on, as soon as any crate in the
+/// build turns it on).
+#[inline]
+fn call_span() -> Option<Box<Span>> {
+    (Level::DEBUG <= STATIC_MAX_LEVEL && Level::DEBUG <= LevelFilter::current())
+        .then(|| Box::new(tracing::debug_span!("retry", attempt = 1u32)))
+}
+
+/// Records the attempt number in the call's span, if it has one.
+fn record_attempt(span: Option<&Span>, attempt: u32) {
+    if let Some(span) = span {
+        span.record("attempt", attempt);
+    }
+}
+
+/// When a call started: nanoseconds from its layer's `base` (8 bytes in every response
+/// future, not an `Option<Instant>`'s 16), or `i64::MIN` if the clock was not read.
+#[derive(Clone, Copy)]
+struct Started(i64);
+
+impl Started {
+    #[inline]
+    fn new(at: Option<Instant>, base: Instant) -> Self {
+        let Some(at) = at else {
+            return Self(i64::MIN);
+        };
+        let nanos = |span: Duration| i64::try_from(span.as_nanos()).unwrap_or(i64::MAX);
+        Self(if at >= base {
+            nanos(at - base)
+        } else {
+            -nanos(base - at)
+        })
+    }
+
+    #[inline]
+    fn get(self, base: Instant) -> Option<Instant> {
+        if self.0 == i64::MIN {
+            return None;
+        }
+        let offset = Duration::from_nanos(self.0.unsigned_abs());
+        Some(if self.0 >= 0 {
+            base + offset
+        } else {
+            base - offset
+        })
     }
 }
 
@@ -209,6 +261,11 @@ fn next_request<Request, Response, P: Replay<Request, Response>>(
     fresh.or_else(|| kept.take())
 }
 
+/// What the fast path of [`ResponseFuture::poll`] learned from the first attempt before
+/// handing over to the full state machine: `None` if it did not poll it, `Some(None)` if it
+/// is pending, `Some(Some(result))` once it answered.
+type Polled<T> = Option<Option<Result<T, BoxError>>>;
+
 impl<S, Request, C, P> Future for ResponseFuture<S, Request, C, P>
 where
     S: Service<Request>,
@@ -218,13 +275,81 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The fast path: the first attempt while nothing else runs and no timer is set (no
+        // hedge, no retry yet). Its success is returned at once; anything else goes to the
+        // state machine, which takes over the attempt's outcome.
+        let mut first = None;
+        let mut this = self.as_mut().project();
+        if this.waits.is_none()
+            && let Some(primary) = this.primary.as_mut().as_pin_mut()
+        {
+            let polled = {
+                let _entered = this.span.as_deref().map(Span::enter);
+                primary.poll(cx)
+            };
+            let shared = &**this.shared;
+            match polled {
+                Poll::Pending if !(*this.hedge_due || shared.timed) => return Poll::Pending,
+                Poll::Pending => first = Some(None),
+                Poll::Ready(result) => {
+                    this.primary.set(None);
+                    match result {
+                        Ok(mut response)
+                            if shared.latencies.is_none()
+                                && !first_fails(
+                                    shared,
+                                    &response,
+                                    this.started.get(shared.base),
+                                ) =>
+                        {
+                            shared.replay.record_attempts(&mut response, *this.attempt);
+                            return Poll::Ready(Ok(response));
+                        }
+                        result => first = Some(Some(result.map_err(Into::into))),
+                    }
+                }
+            }
+        }
+        self.poll_slow(cx, first)
+    }
+}
+
+/// Whether the first attempt's `response` is a failure (to retry).
+#[inline]
+fn first_fails<C, T>(shared: &Shared<C, impl Sized>, response: &T, started: Option<Instant>) -> bool
+where
+    C: Classify<T, BoxError>,
+{
+    let elapsed = match started {
+        Some(started) if shared.classify.uses_elapsed() => started.elapsed(),
+        _ => Duration::ZERO,
+    };
+    shared.classify.classify(Ok(response), elapsed) == Outcome::Failure
+}
+
+impl<S, Request, C, P> ResponseFuture<S, Request, C, P>
+where
+    S: Service<Request>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, BoxError>,
+    P: Replay<Request, S::Response>,
+{
+    /// The state machine; `first` is what [`poll`](Future::poll)'s fast path learned.
+    #[inline(never)]
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut first: Polled<S::Response>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(Span::enter);
         let shared = &**this.shared;
         let config = &shared.config;
         let max_attempts = config.max_attempts.get();
-        let deadline = deadline(*this.started, config);
+        let started = this.started.get(shared.base);
+        let deadline = deadline(started, config);
         let timed = config.attempt_timeout.is_some() || deadline.is_some();
         let timed_classify = shared.classify.uses_elapsed();
         loop {
@@ -233,15 +358,19 @@ where
                     // The attempt and its hedge: the first outcome that is not a failure
                     // wins; a failure while the other still runs is dropped.
                     let attempt_started =
-                        attempt_started(timed_classify, *this.started, this.waits.as_ref());
+                        attempt_started(timed_classify, started, this.waits.as_ref());
                     let hedge_running = this.waits.as_ref().is_some_and(|w| w.hedge.is_some());
-                    let mut outcome = poll_attempt(
-                        this.primary.as_mut(),
-                        cx,
-                        hedge_running,
-                        shared,
-                        attempt_started,
-                    );
+                    let mut outcome = match first.take() {
+                        // Polled by the fast path: no hedge runs.
+                        Some(polled) => polled,
+                        None => poll_attempt(
+                            this.primary.as_mut(),
+                            cx,
+                            hedge_running,
+                            shared,
+                            attempt_started,
+                        ),
+                    };
                     if outcome.is_none()
                         && let Some(waits) = this.waits.as_mut()
                     {
@@ -259,8 +388,7 @@ where
                         None => {
                             if this.waits.is_none() && (timed || *this.hedge_due) {
                                 // The first attempt has to wait: its timers start now.
-                                let started =
-                                    this.started.expect("timers are set only with a clock");
+                                let started = started.expect("timers are set only with a clock");
                                 let waits = ensure_waits(this.waits).project();
                                 if let Some(end) =
                                     attempt_end(started, config.attempt_timeout, deadline)
@@ -298,7 +426,7 @@ where
                                                 next_request(this.request, &shared.replay, more)
                                             {
                                                 *this.attempt += 1;
-                                                this.span.record("attempt", *this.attempt);
+                                                record_attempt(this.span.as_deref(), *this.attempt);
                                                 tracing::debug!(attempt = *this.attempt, "hedging");
                                                 shared.emit(RetryEvent::Hedged {
                                                     attempt: *this.attempt,
@@ -320,7 +448,7 @@ where
                         }
                     };
                     if answered && let Some(latencies) = &shared.latencies {
-                        record_latency(latencies, shared, &result, *this.started, this.waits);
+                        record_latency(latencies, shared, &result, started, this.waits);
                     }
                     // Whatever still runs (the loser, or both when cut off) is cancelled.
                     this.primary.set(None);
@@ -332,7 +460,7 @@ where
                         shared,
                         attempt: *this.attempt,
                         can_resend: this.request.is_some(),
-                        started: *this.started,
+                        started,
                         deadline,
                         attempt_started,
                     };
@@ -391,7 +519,7 @@ where
                         }
                     }
                     *this.attempt += 1;
-                    this.span.record("attempt", *this.attempt);
+                    record_attempt(this.span.as_deref(), *this.attempt);
                     let more = *this.attempt < max_attempts;
                     let request = next_request(this.request, &shared.replay, more)
                         .expect("a retry is only planned while a copy of the request is kept");
@@ -602,5 +730,20 @@ where
             .field("phase", &self.phase)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_start_is_kept_exactly_before_or_after_the_base() {
+        let base = Instant::now();
+        let offset = Duration::new(3, 141_592_653);
+        for at in [base, base + offset, base - offset] {
+            assert_eq!(Started::new(Some(at), base).get(base), Some(at));
+        }
+        assert_eq!(Started::new(None, base).get(base), None);
     }
 }

@@ -29,7 +29,8 @@
 //!   tower's retry; the inner service must be `Clone`. Requests are sent again through a
 //!   [`Replay`]: by default ([`CloneRequest`]) requests must be `Clone` and are cloned per
 //!   attempt.
-//! - **Observability**: a `retry` `tracing` span per call with the `attempt` number, debug
+//! - **Observability**: a `retry` `tracing` span per call with the `attempt` number (made
+//!   only while a subscriber enables `DEBUG`), debug
 //!   events on each retry, and [`RetryEvent`]s for core [`Listener`](palisade_core::Listener)s
 //!   (including `MetricsListener`).
 //!

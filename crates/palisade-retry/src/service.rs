@@ -7,6 +7,7 @@ use std::time::Duration;
 use palisade_core::BoxError;
 use palisade_core::classify::{Classify, DefaultClassify};
 use palisade_core::event::Listener;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::budget::Budget;
@@ -24,6 +25,13 @@ pub(crate) struct Shared<C, P> {
     pub(crate) budget: Option<Budget>,
     /// Recent latencies, when hedging follows a percentile of them.
     pub(crate) latencies: Option<Latencies>,
+    /// Whether an attempt may be cut off by a timer (a per-attempt timeout or a deadline).
+    pub(crate) timed: bool,
+    /// Whether a call reads the clock when it starts, classifier aside (see
+    /// `ResponseFuture::new`).
+    pub(crate) needs_clock: bool,
+    /// What response futures count their start from.
+    pub(crate) base: Instant,
 }
 
 impl<C, P> Shared<C, P> {
@@ -35,8 +43,13 @@ impl<C, P> Shared<C, P> {
             }) => Some(Latencies::new(percentile, fallback, HEDGE_WINDOW)),
             _ => None,
         };
+        let timed = config.attempt_timeout.is_some() || config.deadline.is_some();
+        let needs_clock = timed || config.backoff.max_elapsed().is_some() || config.hedge.is_some();
         Self {
             budget: config.budget.map(Budget::new),
+            timed,
+            needs_clock,
+            base: Instant::now(),
             latencies,
             config,
             classify,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use palisade_core::BoxError;
 use palisade_core::backoff::{Backoff, Jitter};
-use palisade_core::classify::{Outcome, classify_fn};
+use palisade_core::classify::{DefaultClassify, Outcome, SlowAsFailure, classify_fn};
 use palisade_retry::{Replay, RetryConfig, RetryEvent, RetryLayer};
 use support::{Calls, Events};
 use tower::{ServiceBuilder, ServiceExt};
@@ -205,6 +205,31 @@ async fn only_failures_are_retried() {
         assert_eq!(error.to_string(), message);
         assert_eq!(calls.count(), expected, "{message}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_success_is_retried_when_the_classifier_reads_durations() {
+    // The first answer is a success, but slower than the classifier allows: a failure.
+    let classify = SlowAsFailure::new(DefaultClassify, Duration::from_secs(1));
+    let config = RetryConfig::builder()
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .build()
+        .unwrap();
+    let calls = Calls::default();
+    let counter = calls.clone();
+    let service = RetryLayer::with_classifier(config, classify).layer_service(tower::service_fn(
+        move |_: &'static str| {
+            let n = counter.record();
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Ok::<_, BoxError>(n)
+            }
+        },
+    ));
+    assert_eq!(service.oneshot("ping").await.unwrap(), 2);
+    assert_eq!(calls.count(), 2);
 }
 
 /// Sends requests once: nothing is kept to send again.
