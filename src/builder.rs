@@ -17,8 +17,9 @@ use tower::layer::util::Stack;
 /// tower's `limit` or `retry` features are on, and an inherent method always wins over a
 /// trait's, so ours would be unreachable in most applications.
 ///
-/// Each layer's HTTP variant (`http_rate_limiter`, `http_concurrency_pool`,
-/// `http_circuit_breaker`, `http_retry`, with feature `http`) answers refusals with responses
+/// Each layer's HTTP variant (`http_rate_limiter`, `http_keyed_rate_limiter`,
+/// `http_redis_rate_limiter`, `http_concurrency_pool`, `http_circuit_breaker`, `http_retry`,
+/// with feature `http`) answers refusals with responses
 /// (`429` / `503` + `Retry-After`), so an axum router whose error is `Infallible` needs no
 /// `HandleErrorLayer`, and classifies by status.
 ///
@@ -71,6 +72,28 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
         config: impl Into<crate::rate_limit::RateLimitConfig>,
     ) -> tower::ServiceBuilder<Stack<crate::rate_limit::RateLimitLayer, L>>;
 
+    /// A [`KeyedRateLimitLayer`](crate::rate_limit::KeyedRateLimitLayer): one limit of
+    /// `quota` per key that `extractor` picks (a closure through
+    /// [`key_fn`](crate::rate_limit::key_fn); with `http`, `PeerIp`, `ClientIp`, `HeaderKey`).
+    #[cfg(feature = "rate-limit")]
+    fn keyed_rate_limiter<K, X>(
+        self,
+        quota: crate::rate_limit::Quota,
+        extractor: X,
+    ) -> tower::ServiceBuilder<Stack<crate::rate_limit::KeyedRateLimitLayer<K, X>, L>>
+    where
+        K: std::hash::Hash + Eq;
+
+    /// A [`RedisRateLimitLayer`](crate::rate_limit::RedisRateLimitLayer): one limit per key
+    /// that `extractor` picks, kept in Redis by `limiter` and shared by every process that
+    /// uses the same Redis and prefix (feature `rate-limit-redis`).
+    #[cfg(feature = "rate-limit-redis")]
+    fn redis_rate_limiter<X>(
+        self,
+        limiter: crate::rate_limit::RedisRateLimiter,
+        extractor: X,
+    ) -> tower::ServiceBuilder<Stack<crate::rate_limit::RedisRateLimitLayer<X>, L>>;
+
     /// A [`ConcurrencyPoolLayer`](crate::pool::ConcurrencyPoolLayer) made from `config`.
     #[cfg(feature = "pool")]
     fn concurrency_pool(
@@ -101,6 +124,46 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     ) -> tower::ServiceBuilder<
         Stack<
             crate::rate_limit::RateLimitLayer<
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    >;
+
+    /// Keyed limits for an HTTP server: a refusal is a `429` response with `Retry-After`
+    /// and the IETF `RateLimit` headers (feature `http`).
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    fn http_keyed_rate_limiter<K, X>(
+        self,
+        quota: crate::rate_limit::Quota,
+        extractor: X,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::KeyedRateLimitLayer<
+                K,
+                X,
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    >
+    where
+        K: std::hash::Hash + Eq;
+
+    /// Limits in Redis for an HTTP server: a refusal is a `429` response with `Retry-After`
+    /// and the IETF `RateLimit` headers, or a `503` when Redis is unavailable and `limiter`
+    /// fails closed (features `rate-limit-redis` and `http`).
+    #[cfg(all(feature = "rate-limit-redis", feature = "http"))]
+    fn http_redis_rate_limiter<X>(
+        self,
+        limiter: crate::rate_limit::RedisRateLimiter,
+        extractor: X,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::RedisRateLimitLayer<
+                X,
                 crate::rate_limit::UnitCost,
                 crate::rate_limit::TooManyRequests,
             >,
@@ -158,6 +221,31 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         self.layer(crate::rate_limit::RateLimitLayer::new(config))
     }
 
+    #[cfg(feature = "rate-limit")]
+    fn keyed_rate_limiter<K, X>(
+        self,
+        quota: crate::rate_limit::Quota,
+        extractor: X,
+    ) -> tower::ServiceBuilder<Stack<crate::rate_limit::KeyedRateLimitLayer<K, X>, L>>
+    where
+        K: std::hash::Hash + Eq,
+    {
+        self.layer(crate::rate_limit::KeyedRateLimitLayer::new(
+            quota, extractor,
+        ))
+    }
+
+    #[cfg(feature = "rate-limit-redis")]
+    fn redis_rate_limiter<X>(
+        self,
+        limiter: crate::rate_limit::RedisRateLimiter,
+        extractor: X,
+    ) -> tower::ServiceBuilder<Stack<crate::rate_limit::RedisRateLimitLayer<X>, L>> {
+        self.layer(crate::rate_limit::RedisRateLimitLayer::new(
+            limiter, extractor,
+        ))
+    }
+
     #[cfg(feature = "pool")]
     fn concurrency_pool(
         self,
@@ -197,6 +285,52 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
     > {
         self.layer(
             crate::rate_limit::RateLimitLayer::new(config)
+                .respond_with(crate::rate_limit::TooManyRequests::new()),
+        )
+    }
+
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    fn http_keyed_rate_limiter<K, X>(
+        self,
+        quota: crate::rate_limit::Quota,
+        extractor: X,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::KeyedRateLimitLayer<
+                K,
+                X,
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    >
+    where
+        K: std::hash::Hash + Eq,
+    {
+        self.layer(
+            crate::rate_limit::KeyedRateLimitLayer::new(quota, extractor)
+                .respond_with(crate::rate_limit::TooManyRequests::new()),
+        )
+    }
+
+    #[cfg(all(feature = "rate-limit-redis", feature = "http"))]
+    fn http_redis_rate_limiter<X>(
+        self,
+        limiter: crate::rate_limit::RedisRateLimiter,
+        extractor: X,
+    ) -> tower::ServiceBuilder<
+        Stack<
+            crate::rate_limit::RedisRateLimitLayer<
+                X,
+                crate::rate_limit::UnitCost,
+                crate::rate_limit::TooManyRequests,
+            >,
+            L,
+        >,
+    > {
+        self.layer(
+            crate::rate_limit::RedisRateLimitLayer::new(limiter, extractor)
                 .respond_with(crate::rate_limit::TooManyRequests::new()),
         )
     }

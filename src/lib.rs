@@ -24,7 +24,7 @@
 //! | `lock-redis`, `lock-postgres` | | the lock's Redis + Redlock and PostgreSQL advisory-lock backends |
 //! | `pool` | [`palisade_pool`](crate::pool) | `ConcurrencyPoolLayer`: a limit with a priority wait queue, load shedding, permits held until the response body ends |
 //! | `rate-limit` | [`palisade_ratelimit`](crate::rate_limit) | `RateLimitLayer`: GCRA (default), token bucket, sliding windows, fixed window; reject or wait; 429 + `RateLimit` headers |
-//! | `rate-limit-redis` | | cluster-wide rate limits on Redis |
+//! | `rate-limit-redis` | | cluster-wide rate limits on Redis: `RedisRateLimiter`, and `RedisRateLimitLayer` in front of any service |
 //! | `retry` | [`palisade_retry`](crate::retry) | `RetryLayer`: core backoff, `Retry-After`, a shared retry budget, per-attempt timeouts and deadlines |
 //! | `shutdown` | [`palisade_shutdown`](crate::shutdown) | the `Shutdown` coordinator (phases, drain deadline, cleanup hooks, exit code), `ShutdownLayer`, a health endpoint |
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
@@ -37,10 +37,11 @@
 //! | `full` | | everything above |
 //!
 //! [`prelude`] brings [`ServiceBuilderExt`] (one `ServiceBuilder` method per layer: `shutdown`,
-//! `rate_limiter`, `concurrency_pool`, `circuit_breaker`, `retry_with`, and with `http` their
-//! variants that answer with `429` / `503` responses: `http_shutdown`, `http_rate_limiter`,
-//! `http_concurrency_pool`, `http_circuit_breaker`, `http_retry`) and the types most programs
-//! name.
+//! `rate_limiter`, `keyed_rate_limiter`, `redis_rate_limiter` (with `rate-limit-redis`),
+//! `concurrency_pool`, `circuit_breaker`, `retry_with`, and with `http` their variants that
+//! answer with `429` / `503` responses: `http_shutdown`, `http_rate_limiter`,
+//! `http_keyed_rate_limiter`, `http_redis_rate_limiter`, `http_concurrency_pool`,
+//! `http_circuit_breaker`, `http_retry`) and the types most programs name.
 //!
 //! # Example
 //!

@@ -226,3 +226,83 @@ async fn http_variants_answer_an_infallible_router_with_responses() {
     assert_eq!(second.status(), http::StatusCode::TOO_MANY_REQUESTS);
     assert!(second.headers().contains_key(http::header::RETRY_AFTER));
 }
+
+#[cfg(feature = "rate-limit")]
+#[tokio::test(start_paused = true)]
+async fn service_builder_ext_adds_keyed_rate_limits() {
+    use palisade::core::{Rejection, RetryAfter as _};
+    use palisade::prelude::*;
+    use palisade::rate_limit::key_fn;
+    use std::num::NonZeroU32;
+    use tower::{ServiceBuilder, ServiceExt as _};
+
+    let service = ServiceBuilder::new()
+        .keyed_rate_limiter(
+            Quota::per_minute(NonZeroU32::new(1).expect("non-zero")),
+            key_fn(|tenant: &&'static str| *tenant),
+        )
+        .service_fn(|tenant: &'static str| async move {
+            Ok::<_, std::convert::Infallible>(tenant.len())
+        });
+    assert_eq!(service.clone().oneshot("a").await.expect("a's first"), 1);
+    let refused = service
+        .clone()
+        .oneshot("a")
+        .await
+        .expect_err("a has used its quota");
+    let Some(Rejection::RateLimited(limited)) = Rejection::find(&*refused) else {
+        panic!("expected a rate limit rejection, got {refused}");
+    };
+    assert_eq!(
+        limited.retry_after(),
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        service.clone().oneshot("bb").await.expect("b has its own"),
+        2
+    );
+}
+
+#[cfg(all(feature = "rate-limit-redis", feature = "http"))]
+#[tokio::test]
+async fn http_redis_rate_limiter_follows_its_policy_with_redis_unreachable() {
+    use palisade::prelude::*;
+    use palisade::rate_limit::{OnUnavailable, RedisRateLimiter, key_fn};
+    use std::num::NonZeroU32;
+    use tower::{ServiceBuilder, ServiceExt as _};
+
+    // Port 1: nothing listens, so the connection is refused and the policy decides.
+    let limiter = |policy| {
+        RedisRateLimiter::builder(
+            "redis://127.0.0.1:1",
+            Quota::per_minute(NonZeroU32::new(1).expect("non-zero")),
+        )
+        .on_unavailable(policy)
+        .build()
+        .expect("a valid URL and quota")
+    };
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let global = || key_fn(|_: &http::Request<axum::body::Body>| "global");
+    let get = || {
+        http::Request::get("/")
+            .body(axum::body::Body::empty())
+            .expect("a valid request")
+    };
+
+    let closed = ServiceBuilder::new()
+        .http_redis_rate_limiter(limiter(OnUnavailable::FailClosed), global())
+        .service(router.clone());
+    let shed = closed.oneshot(get()).await.expect("infallible");
+    assert_eq!(shed.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+
+    // The local fallback: one a minute in this process.
+    let local = ServiceBuilder::new()
+        .http_redis_rate_limiter(limiter(OnUnavailable::Local), global())
+        .service(router);
+    let first = local.clone().oneshot(get()).await.expect("infallible");
+    assert_eq!(first.status(), http::StatusCode::OK);
+    let second = local.clone().oneshot(get()).await.expect("infallible");
+    assert_eq!(second.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(second.headers().contains_key(http::header::RETRY_AFTER));
+    assert!(second.headers().contains_key("ratelimit"));
+}

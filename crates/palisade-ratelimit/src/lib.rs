@@ -21,6 +21,11 @@
 //!   client's IP behind trusted proxies, a header such as an API key). Memory stays
 //!   bounded: idle keys are swept on their own and a cap on the keys holds under a flood,
 //!   with a typed outcome at the cap ([`AtCapacity`]).
+//! - **Cluster-wide limits** (feature `redis`): `RedisRateLimiter` keeps one GCRA limit per
+//!   key in Redis (a Lua script on the server's clock), so N server processes share it;
+//!   `RedisRateLimitLayer` puts it in front of any service, keyed by the same
+//!   [`KeyExtractor`]s, answered like the local layers, and decided by a fail-open /
+//!   fail-closed / local policy while Redis is unavailable.
 //! - **Observable**: [`RateLimitEvent`]s (admitted, waited with the wait time, rejected) to a
 //!   core [`Listener`](palisade_core::Listener) (metrics through core's `MetricsListener`),
 //!   and `tracing` events on rejections, waits and quota changes.
@@ -60,7 +65,7 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `redis` | [`RedisRateLimiter`]: one GCRA limit per key shared by every process through Redis (a Lua script on the server's clock), with a fail-open / fail-closed / local policy while Redis is unavailable |
+//! | `redis` | [`RedisRateLimiter`]: one GCRA limit per key shared by every process through Redis (a Lua script on the server's clock), with a fail-open / fail-closed / local policy while Redis is unavailable; [`RedisRateLimitLayer`]: the same limits as a tower layer in front of any service, keyed by a [`KeyExtractor`] (see its example) |
 //! | `quanta` | [`Clock::quanta`]: the CPU's time-stamp counter, cheaper than tokio's clock but blind to `tokio::time::pause` |
 //! | `axum` | `PeerIp` and `ClientIp` also read axum's `ConnectInfo<SocketAddr>` (implies `http`) |
 //! | `http` | key extractors `PeerIp`, `ClientIp` (behind trusted proxies), `HeaderKey`; `UpstreamLimitLayer` (clients pause while the upstream's limit is spent: `429` + `Retry-After`, `RateLimit: ...;r=0;t=N`); `TooManyRequests` (module `http`): answer refused requests with `429`, `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` headers instead of an error |
@@ -81,6 +86,8 @@ mod layer;
 mod limiter;
 mod queue;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis_layer;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod respond;
@@ -108,6 +115,8 @@ pub use crate::keyed::{
 pub use crate::layer::RateLimitLayer;
 pub use crate::limiter::{MAX_LOG_ENTRIES, RateLimiter};
 pub use crate::quota::{MAX_WINDOW, Quota, QuotaError};
+#[cfg(feature = "redis")]
+pub use crate::redis_layer::{RedisKey, RedisRateLimit, RedisRateLimitLayer, RedisResponseFuture};
 #[cfg(feature = "redis")]
 pub use crate::redis_store::{
     Checked, DecidedBy, OnUnavailable, REDIS_GCRA_SCRIPT, RedisConfigError, RedisRateLimiter,

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::decision::{InsufficientCapacity, Limited, Refusal, Snapshot, StoreUnavailable};
 use crate::event::RateLimitEvent;
 use crate::keyed::KeyedRateLimiter;
+use crate::layer::Report;
 use crate::limiter::{MAX_CAPACITY, Params, Span};
 use crate::quota::Quota;
 
@@ -210,10 +211,10 @@ struct Inner {
     rate: Rate,
     params: Params,
     on_unavailable: OnUnavailable,
+    /// Keyed by the full name in Redis (prefix and key).
     local: KeyedRateLimiter<String>,
     unavailable: AtomicU64,
-    name: Cow<'static, str>,
-    listener: Option<Arc<dyn Listener<RateLimitEvent>>>,
+    report: Report,
 }
 
 /// A GCRA rate limit kept in Redis, so every process that uses the same Redis and prefix
@@ -231,7 +232,9 @@ struct Inner {
 /// next reconnect delay (core's default [`Backoff`]: 100 ms doubling to 10 s, jittered) tries
 /// again, while the others go on deciding by the policy, never waiting for it.
 ///
-/// Cheap to clone; clones share the connection. Needs a tokio runtime.
+/// Cheap to clone; clones share the connection. Needs a tokio runtime. To limit a tower
+/// service (an axum router) with it, wrap it in a
+/// [`RedisRateLimitLayer`](crate::RedisRateLimitLayer).
 ///
 /// ```no_run
 /// use std::num::NonZeroU32;
@@ -317,7 +320,9 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// Sends [`RateLimitEvent`]s to `listener`.
+    /// Sends [`RateLimitEvent`]s to `listener`: `StoreUnavailable` for every check Redis
+    /// could not decide; through a [`RedisRateLimitLayer`](crate::RedisRateLimitLayer),
+    /// `Admitted`, `Rejected` and `TooCostly` for every request as well.
     pub fn listener(mut self, listener: impl Listener<RateLimitEvent> + 'static) -> Self {
         self.listener = Some(Arc::new(listener));
         self
@@ -356,8 +361,10 @@ impl RedisRateLimiterBuilder {
                 on_unavailable: self.on_unavailable,
                 local,
                 unavailable: AtomicU64::new(0),
-                name: self.name,
-                listener: self.listener,
+                report: Report {
+                    name: self.name,
+                    listener: self.listener,
+                },
             }),
         })
     }
@@ -391,6 +398,21 @@ impl RedisRateLimiter {
 
     /// Takes `cost` units of `key`'s limit at once, or none.
     pub async fn check_n(&self, key: &str, cost: u32) -> Checked {
+        let mut name = self.name_buffer(key.len());
+        name.push_str(key);
+        self.check_name(&name, cost).await
+    }
+
+    /// A buffer holding the prefix, with room for a key of `len` bytes after it.
+    pub(crate) fn name_buffer(&self, len: usize) -> String {
+        let prefix = &self.inner.prefix;
+        let mut name = String::with_capacity(prefix.len() + len);
+        name.push_str(prefix);
+        name
+    }
+
+    /// Takes `cost` units of the limit at `name` (the prefix and the key).
+    pub(crate) async fn check_name(&self, name: &str, cost: u32) -> Checked {
         let inner = &*self.inner;
         let burst = inner.params.burst;
         if cost > burst {
@@ -402,23 +424,32 @@ impl RedisRateLimiter {
                 by: DecidedBy::Redis,
             };
         }
-        match self.remote(key, cost).await {
+        match self.remote(name, cost).await {
             Ok(decision) => Checked {
                 decision,
                 by: DecidedBy::Redis,
             },
-            Err(error) => self.unavailable(key, cost, &error),
+            Err(error) => self.unavailable(name, cost, &error),
         }
     }
 
+    /// Where the limiter reports: its name in traces, and its listener.
+    pub(crate) fn report(&self) -> &Report {
+        &self.inner.report
+    }
+
     /// The script's answer, or why there is none.
-    async fn remote(&self, key: &str, cost: u32) -> Result<Result<Snapshot, Refusal>, Unreachable> {
+    async fn remote(
+        &self,
+        name: &str,
+        cost: u32,
+    ) -> Result<Result<Snapshot, Refusal>, Unreachable> {
         let inner = &*self.inner;
         let mut connection = self.connection().await?;
         let (extra_us, extra_frac) = inner.rate.extra(cost);
         let answer: Result<(u8, u64, u64), RedisError> = inner
             .script
-            .key(format!("{}{key}", inner.prefix))
+            .key(name)
             .arg(inner.rate.interval_us)
             .arg(inner.rate.capacity_us)
             .arg(cost)
@@ -504,7 +535,7 @@ impl RedisRateLimiter {
         let mut state = lock(&inner.connection);
         match connected {
             Ok(connection) => {
-                tracing::info!(name = %inner.name, "rate limit: connected to Redis");
+                tracing::info!(name = %inner.report.name, "rate limit: connected to Redis");
                 *state = Connection::Up(connection.clone());
                 Ok(connection)
             }
@@ -514,7 +545,7 @@ impl RedisRateLimiter {
                     retry_at: Instant::now() + delay,
                     delays,
                 };
-                tracing::debug!(name = %inner.name, %error, ?delay, "rate limit: Redis connection failed");
+                tracing::debug!(name = %inner.report.name, %error, ?delay, "rate limit: Redis connection failed");
                 Err(Unreachable::Failed(error))
             }
         }
@@ -526,7 +557,7 @@ impl RedisRateLimiter {
         let mut state = lock(&inner.connection);
         if matches!(*state, Connection::Up(_)) {
             tracing::warn!(
-                name = %inner.name,
+                name = %inner.report.name,
                 %error,
                 policy = inner.on_unavailable.as_str(),
                 "rate limit: lost Redis; deciding by the unavailable policy until it is back"
@@ -540,22 +571,20 @@ impl RedisRateLimiter {
         }
     }
 
-    fn unavailable(&self, key: &str, cost: u32, error: &Unreachable) -> Checked {
+    fn unavailable(&self, name: &str, cost: u32, error: &Unreachable) -> Checked {
         let inner = &*self.inner;
         inner.unavailable.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            name = %inner.name,
+            name = %inner.report.name,
             error = %error,
             policy = inner.on_unavailable.as_str(),
             "rate limit: Redis unavailable"
         );
-        if let Some(listener) = &inner.listener {
-            listener.on_event(&RateLimitEvent::StoreUnavailable {
-                policy: inner.on_unavailable.as_str(),
-            });
-        }
+        inner.report.event(&RateLimitEvent::StoreUnavailable {
+            policy: inner.on_unavailable.as_str(),
+        });
         let decision = match inner.on_unavailable {
-            OnUnavailable::Local => inner.local.check_n(key.to_owned(), cost),
+            OnUnavailable::Local => inner.local.check_n(name.to_owned(), cost),
             OnUnavailable::FailOpen => Ok(self.snapshot(0, 0)),
             OnUnavailable::FailClosed => Err(Refusal::StoreUnavailable(StoreUnavailable {
                 overloaded: Overloaded::new(),
@@ -582,7 +611,7 @@ impl RedisRateLimiter {
 impl fmt::Debug for RedisRateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiter")
-            .field("name", &self.inner.name)
+            .field("name", &self.inner.report.name)
             .field("prefix", &self.inner.prefix)
             .field("on_unavailable", &self.inner.on_unavailable)
             .field("connected", &self.is_connected())
