@@ -495,14 +495,16 @@ impl Driver {
                 Poll::Ready(Ok(())) => {
                     self.dirty = false;
                     let mut written = 0;
+                    let mut last = None;
                     for (ack, _) in self.unconfirmed.drain(..) {
-                        if let Some(ack) = ack {
+                        if ack.is_some() {
                             written += 1;
-                            // The caller may have dropped its future.
-                            let _ = ack.send(Ok(()));
+                            last = ack;
                         }
                     }
-                    if written > 0 {
+                    if let Some(last) = last {
+                        // Written in order: this settles every message up to `last`.
+                        self.shared.written(last);
                         self.shared
                             .counters
                             .sent
@@ -667,6 +669,11 @@ impl Driver {
             outbox.bytes = 0;
             std::mem::take(&mut outbox.queue)
         };
+        // Left unconfirmed only when the task is dropped mid-connection (its runtime shut
+        // down): they may or may not have arrived.
+        for (ack, len) in std::mem::take(&mut self.unconfirmed) {
+            self.shared.fail(ack, len, SendError::ConnectionLost);
+        }
         for pending in self.batch.drain(..).chain(queued) {
             self.shared.drop_pending(pending, error.clone());
         }

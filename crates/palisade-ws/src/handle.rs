@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::config::WsConfig;
 use crate::driver::Driver;
 use crate::error::{CloseError, ConnectError, SendError};
 use crate::message::Message;
 use crate::messages::Messages;
-use crate::shared::{Ack, Shared, lock};
+use crate::shared::{Ack, Acks, Shared, lock};
 use crate::status::Status;
 
 /// Starts a client: returns at once, with the first connection attempt under way.
@@ -187,18 +187,15 @@ pub struct SendFuture {
 
 enum SendState {
     Done(Option<Result<(), SendError>>),
-    Waiting(oneshot::Receiver<Result<(), SendError>>),
+    /// Message `ack`'s outcome is to be read from the client's `Acks`.
+    Waiting(Arc<Acks>, Ack),
 }
 
 impl SendFuture {
-    pub(crate) fn channel() -> (Ack, Self) {
-        let (ack, receiver) = oneshot::channel();
-        (
-            ack,
-            Self {
-                state: SendState::Waiting(receiver),
-            },
-        )
+    pub(crate) fn waiting(acks: Arc<Acks>, ack: Ack) -> Self {
+        Self {
+            state: SendState::Waiting(acks, ack),
+        }
     }
 
     pub(crate) fn ready(result: Result<(), SendError>) -> Self {
@@ -215,11 +212,21 @@ impl Future for SendFuture {
         match &mut self.state {
             // Polled again after completion: the outcome was already given.
             SendState::Done(result) => Poll::Ready(result.take().unwrap_or(Err(SendError::Closed))),
-            // The driver resolves every acknowledgement; one dropped unresolved means the
-            // driver itself is gone (its runtime shut down).
-            SendState::Waiting(receiver) => Pin::new(receiver)
-                .poll(cx)
-                .map(|result| result.unwrap_or(Err(SendError::Closed))),
+            // The driver settles every message, written or failed, even when it ends early.
+            SendState::Waiting(acks, ack) => {
+                let result = std::task::ready!(acks.poll(*ack, cx));
+                self.state = SendState::Done(None);
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl Drop for SendFuture {
+    fn drop(&mut self) {
+        // Nothing to do once the outcome was given.
+        if let SendState::Waiting(acks, ack) = &self.state {
+            acks.abandon(*ack);
         }
     }
 }
@@ -228,7 +235,7 @@ impl fmt::Debug for SendFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             SendState::Done(_) => "done",
-            SendState::Waiting(_) => "waiting",
+            SendState::Waiting(..) => "waiting",
         };
         f.debug_struct("SendFuture").field("state", &state).finish()
     }

@@ -164,6 +164,35 @@ async fn drop_newest_evicts_the_most_recently_buffered_message() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_outcome_first_asked_after_later_messages_were_written_is_still_right() {
+    let addr = vacant_addr().await;
+    let config = WsConfig::builder(format!("ws://{addr}"))
+        .buffer(limits(2, 1024, OverflowPolicy::DropOldest))
+        .build()
+        .unwrap();
+    let (client, _messages) = palisade_ws::connect(config).unwrap();
+    wait_status(&client, |s| matches!(s, Status::Reconnecting { .. })).await;
+    // None of these futures is polled before the connection is up.
+    let evicted = client.send("m1");
+    drop(client.send("m2")); // evicted too; nobody asks
+    let kept = client.send("m3");
+    let last = client.send("m4");
+
+    let server = TestServer::start_on(addr).await;
+    assert_eq!(last.await, Ok(()));
+    assert_eq!(server.wait_received(2).await, ["m3", "m4"]);
+    assert_eq!(evicted.await, Err(SendError::Evicted));
+    assert_eq!(kept.await, Ok(()));
+    assert_eq!(client.stats().dropped, 2);
+
+    // Written while connected, asked long after.
+    let early = client.send("m5");
+    client.send("m6").await.unwrap();
+    assert_eq!(early.await, Ok(()));
+    client.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_byte_limit_applies_and_an_oversized_message_is_rejected() {
     // Five messages of 2 bytes in a 5-byte buffer: two fit.
     let (outcomes, received, drops, _) = overflow(limits(100, 5, OverflowPolicy::DropOldest)).await;
