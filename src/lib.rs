@@ -30,6 +30,7 @@
 //! | `signal` | | SIGTERM / SIGINT trigger a `Shutdown` |
 //! | `serve` | | `shutdown::serve`: hyper-util HTTP/1 + HTTP/2 serving with a graceful drain |
 //! | `upload` | [`palisade_upload`](crate::upload) | resumable uploads on tus 1.0: a server (a tower service) and a client that resumes by content hash |
+//! | `upload-rustls` | | `https://` for the upload client |
 //! | `ws` | [`palisade_ws`](crate::ws) | a WebSocket client that reconnects with backoff, detects dead peers, and reports every dropped message |
 //! | `ws-json`, `ws-rustls` | | typed JSON messages; `wss://` |
 //! | `http` | | HTTP classifiers and 429/503 rejection responses; body-aware shutdown tracking |

@@ -274,12 +274,11 @@ impl Reporter {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if !state.first {
                 state.first = true;
-                // The server held `bytes - sent` before this run's first chunk.
-                let before = p.bytes.saturating_sub(p.sent);
-                if before > 0 {
+                if p.resumed_from > 0 {
                     println!(
-                        "  resuming: the server already holds {:.1} MiB",
-                        mib(before)
+                        "  resuming at {:.1}%: the server already holds {:.1} MiB",
+                        p.resumed_from as f64 * 100.0 / p.total as f64,
+                        mib(p.resumed_from)
                     );
                 }
             }

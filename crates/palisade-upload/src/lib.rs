@@ -14,6 +14,12 @@
 //! The anchors (tusd, @tus/server, tus-js-client) lack checksums on the client side,
 //! speed/ETA and content-based resume; this crate ships all three.
 //!
+//! # Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `rustls` | `https://` endpoints for the client through rustls (ring provider, the platform's root certificates, or [`client::Uploader::tls_config`]) |
+//!
 //! # Example
 //!
 //! A server on a loopback port and a client uploading a file to it:

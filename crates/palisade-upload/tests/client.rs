@@ -5,15 +5,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use palisade_core::Backoff;
 use palisade_upload::client::{CancelHandle, ClientError, Progress, Uploader};
-use palisade_upload::server::{Completed, ServerConfig, TusServer};
+use palisade_upload::server::{Completed, ServerConfig, TusServer, UploadEvent};
 use palisade_upload::store::FileStore;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -184,15 +188,29 @@ async fn killed_connection_resumes_with_only_the_missing_bytes() {
         },
     )
     .await;
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let record = |seen: &Arc<Mutex<Vec<Progress>>>| {
+        let seen = Arc::clone(seen);
+        move |p: &Progress| seen.lock().unwrap().push(*p)
+    };
     let first = Uploader::new(&url(cut.addr))
         .unwrap()
         .chunk_size(CHUNK)
         .backoff(no_retries())
         .request_timeout(Duration::from_secs(30))
         .state_dir(&state)
+        .on_progress(record(&seen))
         .upload_file(&file)
         .await;
     assert!(first.is_err(), "the cut run fails: {first:?}");
+    let fresh = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(fresh.len(), 2, "two chunks committed before the cut");
+    assert!(
+        fresh
+            .iter()
+            .all(|p| p.resumed_from == 0 && p.sent == p.bytes),
+        "a fresh upload resumed from nothing: {fresh:?}"
+    );
     assert!(h.done.lock().unwrap().is_empty());
     assert_eq!(
         std::fs::read_dir(&state).unwrap().count(),
@@ -206,9 +224,25 @@ async fn killed_connection_resumes_with_only_the_missing_bytes() {
         .unwrap()
         .chunk_size(CHUNK)
         .state_dir(&state)
+        .on_progress(record(&seen))
         .upload_file(&file)
         .await
         .unwrap();
+    let resumed = seen.lock().unwrap();
+    assert_eq!(resumed.len(), 3, "the three chunks left");
+    for p in resumed.iter() {
+        assert_eq!(
+            p.resumed_from,
+            2 * CHUNK as u64,
+            "the server's offset: {p:?}"
+        );
+        assert_eq!(
+            p.sent,
+            p.bytes - p.resumed_from,
+            "speed counts this run only"
+        );
+    }
+    drop(resumed);
     assert_eq!(
         second.resumed_from,
         2 * CHUNK as u64,
@@ -265,6 +299,152 @@ async fn a_cut_chunk_is_retried_within_the_same_run() {
         <[u8; 32]>::from(sha2::Sha256::digest(&data))
     );
     assert_eq!(h.done.lock().unwrap()[0].sha256, uploaded.sha256);
+}
+
+/// The server commits the client's first chunk and, as if another writer had been there,
+/// the two after it, then drops the connection without an answer: the client thinks the
+/// chunk was cut, learns `3 * CHUNK` on `HEAD` (past the chunk it read ahead) and goes on
+/// from there. Its whole-file SHA-256, computed along the upload, must still cover the bytes
+/// it never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_file_hash_covers_bytes_the_server_committed_unseen() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    let data = Bytes::from(write_file(&file, SIZE, 29));
+    let store = FileStore::new(dir.path().join("store")).unwrap();
+    let server = TusServer::new(store, ServerConfig::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let leaped = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let leaped = Arc::clone(&leaped);
+        let data = data.clone();
+        async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (server, leaped, data) = (server.clone(), Arc::clone(&leaped), data.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let (server, leaped, data) =
+                        (server.clone(), Arc::clone(&leaped), data.clone());
+                    async move {
+                        let first_patch = req.method() == http::Method::PATCH
+                            && !leaped.swap(true, Ordering::SeqCst);
+                        if !first_patch {
+                            return Ok(server.oneshot(req).await.unwrap());
+                        }
+                        let path = req.uri().path().to_owned();
+                        let answer = server.clone().oneshot(req).await.unwrap();
+                        assert_eq!(answer.status(), http::StatusCode::NO_CONTENT);
+                        for at in [CHUNK, 2 * CHUNK] {
+                            let patch = http::Request::patch(path.as_str())
+                                .header("tus-resumable", "1.0.0")
+                                .header("content-type", "application/offset+octet-stream")
+                                .header("upload-offset", at)
+                                .body(Full::new(data.slice(at..at + CHUNK)))
+                                .unwrap();
+                            let answer = server.clone().oneshot(patch).await.unwrap();
+                            assert_eq!(answer.status(), http::StatusCode::NO_CONTENT);
+                        }
+                        Err(std::io::Error::other("answer lost"))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    });
+    let uploaded = Uploader::new(&url(addr))
+        .unwrap()
+        .chunk_size(CHUNK)
+        .backoff(
+            Backoff::constant(Duration::from_millis(1)).with_max_attempts(3.try_into().unwrap()),
+        )
+        .upload_file(&file)
+        .await
+        .unwrap();
+    assert!(leaped.load(Ordering::SeqCst));
+    assert_eq!(
+        uploaded.sent,
+        (SIZE - 2 * CHUNK) as u64,
+        "chunks 2 and 3 were never sent by the client"
+    );
+    assert_eq!(
+        uploaded.sha256,
+        <[u8; 32]>::from(sha2::Sha256::digest(&data))
+    );
+}
+
+/// A client that disconnects in the middle of a `PATCH` body, over a real socket: the server
+/// reports the chunk rejected (nothing silently dropped) and counts none of it. (The dropped
+/// future itself: `tests/server.rs`, `a_patch_whose_client_went_away_mid_body_...`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_cut_mid_body_is_reported_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, mut rejected) = tokio::sync::mpsc::unbounded_channel();
+    let config =
+        ServerConfig::new().listener(palisade_core::event::listener_fn(move |e: &UploadEvent| {
+            if let UploadEvent::ChunkRejected { status, .. } = e {
+                let _ = events.send(*status);
+            }
+        }));
+    let server = TusServer::new(FileStore::new(dir.path().join("store")).unwrap(), config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = TowerToHyperService::new(server.clone());
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        }
+    });
+    let created = server
+        .clone()
+        .oneshot(
+            http::Request::post("/files")
+                .header("tus-resumable", "1.0.0")
+                .header("upload-length", 1000)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nhost: {addr}\r\ntus-resumable: 1.0.0\r\n\
+         content-type: application/offset+octet-stream\r\nupload-offset: 0\r\n\
+         content-length: 1000\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[7; 400]).await.unwrap();
+    drop(tcp);
+    // Only against a hang: the event is awaited, not timed.
+    let status = tokio::time::timeout(Duration::from_secs(60), rejected.recv())
+        .await
+        .expect("a rejection is reported")
+        .unwrap();
+    // Hyper hands the handler a body error here (400); when it drops the request's future
+    // instead (the connection task ends first), the drop guard reports 499.
+    assert!(matches!(status, 400 | 499), "{status}");
+    let head = server
+        .oneshot(
+            http::Request::head(location.as_str())
+                .header("tus-resumable", "1.0.0")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["upload-offset"], "0", "nothing of it counts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,4 +599,9 @@ fn only_http_endpoints_are_accepted() {
     assert!(Uploader::new("ftp://example.com/files").is_err());
     assert!(Uploader::new("/files").is_err());
     assert!(Uploader::new("http://127.0.0.1:1/files").is_ok());
+    // `https://` with the `rustls` feature (`tests/tls.rs`).
+    assert_eq!(
+        Uploader::new("https://127.0.0.1:1/files").is_ok(),
+        cfg!(feature = "rustls")
+    );
 }

@@ -430,6 +430,37 @@ async fn a_patch_waits_for_a_cut_one_to_end_and_then_writes_alone() {
 }
 
 #[tokio::test]
+async fn a_patch_whose_client_went_away_mid_body_is_reported_rejected() {
+    let events: Arc<Mutex<Vec<UploadEvent>>> = Arc::default();
+    let (server, dir) = server(ServerConfig::new().listener(listener_fn({
+        let events = Arc::clone(&events);
+        move |e: &UploadEvent| events.lock().unwrap().push(e.clone())
+    })));
+    let url = create(&server, 8).await;
+    let (_tx, cut, _) = held_patch(&server, &dir, &url, b"aaaa").await;
+    // What hyper does when the client disconnects: the request's future is dropped.
+    cut.abort();
+    assert!(cut.await.unwrap_err().is_cancelled());
+    let id = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        events.lock().unwrap().as_slice(),
+        [
+            UploadEvent::Created {
+                id: id.parse().unwrap(),
+                length: Some(8)
+            },
+            UploadEvent::ChunkRejected {
+                id: id.parse().unwrap(),
+                status: 499
+            }
+        ]
+    );
+    assert_eq!(offset(&server, &url).await, 0, "nothing of it counts");
+    let resp = call(&server, patch(&url, 0), b"bbbbbbbb").await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
 async fn deferred_length_is_set_by_a_later_patch() {
     let (server, _dir) = server(ServerConfig::new());
     let resp = call(

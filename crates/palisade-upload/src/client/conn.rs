@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client: one keep-alive connection, reopened after any failure.
+//! A small HTTP/1.1 client: one keep-alive connection, reopened after any failure; over
+//! TLS for `https://` (feature `rustls`).
 
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ const MAX_RESPONSE: usize = 64 * 1024;
 pub(crate) struct Conn {
     authority: String,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// The rustls configuration for `https://`: the uploader's, or the default one built at
+    /// the first `https://` connection.
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub(crate) struct Answer {
@@ -38,26 +43,60 @@ impl Conn {
             .is_some_and(|s| !s.is_closed() && self.authority == authority);
         if !usable {
             self.sender = None;
-            let host = uri.host().unwrap_or_default();
-            let port = uri.port_u16().unwrap_or(80);
-            let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+            let https = uri.scheme_str() == Some("https");
+            #[cfg(not(feature = "rustls"))]
+            if https {
+                return Err(ClientError::InvalidUrl(
+                    "https:// needs the `rustls` feature",
+                ));
+            }
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let tcp = tokio::net::TcpStream::connect((host, port))
                 .await
                 .map_err(ClientError::Connect)?;
             let _ = tcp.set_nodelay(true);
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .map_err(ClientError::Http)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upload connection closed");
-                }
-            });
+            let sender = match https {
+                #[cfg(feature = "rustls")]
+                true => self.handshake_tls(host, tcp).await?,
+                _ => handshake(tcp).await?,
+            };
             self.authority = authority.to_owned();
             self.sender = Some(sender);
         }
         self.sender
             .as_mut()
             .ok_or(ClientError::InvalidUrl("no connection"))
+    }
+
+    #[cfg(feature = "rustls")]
+    async fn handshake_tls(
+        &mut self,
+        host: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let config = match &self.tls {
+            Some(config) => std::sync::Arc::clone(config),
+            None => {
+                let config = super::tls::default_client_config().map_err(ClientError::Tls)?;
+                std::sync::Arc::clone(self.tls.insert(config))
+            }
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| ClientError::InvalidUrl("host is not a valid TLS server name"))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                match e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                {
+                    Some(tls) => ClientError::Tls(tls.clone()),
+                    None => ClientError::Connect(e),
+                }
+            })?;
+        handshake(tls).await
     }
 
     /// Sends `req` to `uri` and reads the whole (small) response; drops the connection on
@@ -102,4 +141,20 @@ impl Conn {
         }
         result
     }
+}
+
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, ClientError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(ClientError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upload connection closed");
+        }
+    });
+    Ok(sender)
 }

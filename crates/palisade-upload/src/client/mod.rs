@@ -9,7 +9,9 @@
 //! The next chunk is read and hashed on the blocking pool while the current one is sent. Progress (bytes, percent, speed, ETA, chunk i of n) goes to a callback;
 //! a [`CancelHandle`] stops the upload, optionally terminating it on the server.
 //!
-//! Plain `http://` endpoints only for now; it speaks to any tus 1.0 server.
+//! It speaks to any tus 1.0 server over `http://`, and over `https://` with the `rustls`
+//! feature (ring provider, the platform's root certificates, or
+//! [`Uploader::tls_config`]).
 //!
 //! # Example
 //!
@@ -33,6 +35,8 @@
 
 mod conn;
 mod progress;
+#[cfg(feature = "rustls")]
+mod tls;
 
 use std::fmt;
 use std::io::{self, Read as _, Seek as _};
@@ -66,9 +70,15 @@ pub const DEFAULT_CHUNK_SIZE: usize = 5 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The endpoint or an upload URL is not a usable `http://` URL.
+    /// The endpoint or an upload URL is not a usable `http://` URL (or `https://`, with
+    /// the `rustls` feature).
     #[error("invalid url: {0}")]
     InvalidUrl(&'static str),
+    /// The TLS configuration could not be built, or the server's certificate was refused
+    /// (feature `rustls`). Not retried.
+    #[cfg(feature = "rustls")]
+    #[error("tls error: {0}")]
+    Tls(rustls::Error),
     /// Reading the file or the state file failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
@@ -183,6 +193,8 @@ pub struct Uploader {
     cancel: Option<CancelHandle>,
     terminate_on_cancel: bool,
     checksum: bool,
+    #[cfg(feature = "rustls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Uploader {
@@ -210,13 +222,15 @@ impl Uploader {
     ///
     /// # Errors
     ///
-    /// [`ClientError::InvalidUrl`] unless `endpoint` is an absolute `http://` URL.
+    /// [`ClientError::InvalidUrl`] unless `endpoint` is an absolute `http://` URL, or
+    /// `https://` with the `rustls` feature.
     pub fn new(endpoint: &str) -> Result<Self, ClientError> {
         let endpoint: Uri = endpoint
             .parse()
             .map_err(|_| ClientError::InvalidUrl("endpoint is not a url"))?;
-        if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
-            return Err(ClientError::InvalidUrl("endpoint must be an http:// url"));
+        check_scheme(&endpoint)?;
+        if endpoint.host().is_none() {
+            return Err(ClientError::InvalidUrl("endpoint has no host"));
         }
         let backoff =
             Backoff::exponential(Duration::from_millis(200), 2.0, Duration::from_secs(10))
@@ -237,7 +251,18 @@ impl Uploader {
             cancel: None,
             terminate_on_cancel: false,
             checksum: true,
+            #[cfg(feature = "rustls")]
+            tls: None,
         })
+    }
+
+    /// The rustls configuration for `https://` (feature `rustls`). By default: the ring
+    /// provider, safe default protocol versions and the platform's root certificates.
+    #[cfg(feature = "rustls")]
+    #[must_use]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// The chunk size in bytes (default 5 MiB; at least 1). The client holds up to two
@@ -337,6 +362,10 @@ impl Uploader {
             conn: Conn::default(),
             url: None,
         };
+        #[cfg(feature = "rustls")]
+        {
+            run.conn.tls.clone_from(&self.tls);
+        }
         let result = run.upload(path, size, known).await;
         if matches!(result, Err(ClientError::Cancelled)) && self.terminate_on_cancel {
             if let Some(url) = run.url.clone() {
@@ -504,6 +533,22 @@ struct Run<'a> {
     url: Option<Uri>,
 }
 
+/// `http://`, or `https://` with the `rustls` feature.
+fn check_scheme(uri: &Uri) -> Result<(), ClientError> {
+    match uri.scheme_str() {
+        Some("http") => Ok(()),
+        #[cfg(feature = "rustls")]
+        Some("https") => Ok(()),
+        #[cfg(not(feature = "rustls"))]
+        Some("https") => Err(ClientError::InvalidUrl(
+            "https:// needs the `rustls` feature",
+        )),
+        _ => Err(ClientError::InvalidUrl(
+            "the url must be http:// or https://",
+        )),
+    }
+}
+
 fn parse_u64(answer: &Answer, name: &HeaderName) -> Option<u64> {
     answer
         .headers
@@ -565,7 +610,8 @@ impl Run<'_> {
             location.to_owned()
         } else if location.starts_with('/') {
             format!(
-                "http://{}{location}",
+                "{}://{}{location}",
+                endpoint.scheme_str().unwrap_or("http"),
                 endpoint.authority().map_or("", |a| a.as_str())
             )
         } else {
@@ -574,8 +620,12 @@ impl Run<'_> {
         let uri: Uri = text
             .parse()
             .map_err(|_| ClientError::InvalidResponse("location is not a url"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(ClientError::InvalidUrl("upload url must be http://"));
+        check_scheme(&uri)?;
+        if endpoint.scheme_str() == Some("https") && uri.scheme_str() != Some("https") {
+            // The headers (`Authorization`, for one) and the file stay encrypted.
+            return Err(ClientError::InvalidResponse(
+                "an https:// endpoint gave an http:// upload url",
+            ));
         }
         Ok(uri)
     }
@@ -743,7 +793,7 @@ impl Run<'_> {
                     Ok(next) => {
                         committed += next - offset;
                         offset = next;
-                        self.report(offset, size, committed, started, chunk_size, chunks);
+                        self.report(offset, size, committed, resumed_from, started, chunks);
                         continue 'chunks;
                     }
                     Err(e) if e.is_transient() => e,
@@ -799,7 +849,7 @@ impl Run<'_> {
             let _ = tokio::fs::remove_file(state).await;
         }
         if size == 0 {
-            self.report(0, 0, 0, started, chunk_size, chunks);
+            self.report(0, 0, 0, 0, started, chunks);
         }
         Ok(Uploaded {
             url: url.to_string(),
@@ -810,14 +860,24 @@ impl Run<'_> {
         })
     }
 
-    fn report(&self, bytes: u64, total: u64, sent: u64, started: Instant, chunk: u64, chunks: u64) {
+    fn report(
+        &self,
+        bytes: u64,
+        total: u64,
+        sent: u64,
+        resumed_from: u64,
+        started: Instant,
+        chunks: u64,
+    ) {
         if let Some(f) = &self.up.progress {
+            let chunk_size = self.up.chunk_size as u64;
             f(&Progress {
                 bytes,
                 total,
                 sent,
+                resumed_from,
                 elapsed: started.elapsed(),
-                chunk: bytes.div_ceil(chunk).min(chunks),
+                chunk: bytes.div_ceil(chunk_size).min(chunks),
                 chunks,
             });
         }

@@ -12,6 +12,10 @@ pub struct Progress {
     pub total: u64,
     /// Bytes sent and committed by this run (a resumed run starts at zero).
     pub sent: u64,
+    /// Bytes the server already held when this run started (zero for a fresh upload): a
+    /// resumed upload reports where it resumed. [`speed`](Self::speed) and
+    /// [`eta`](Self::eta) count only this run's bytes, not these.
+    pub resumed_from: u64,
     /// Time since this run started.
     pub elapsed: Duration,
     /// The chunk just committed, from 1.

@@ -28,7 +28,8 @@ pub enum UploadEvent {
     ChunkRejected {
         /// The upload.
         id: UploadId,
-        /// The status the request got (460 checksum mismatch, 408 timeout, 413, ...).
+        /// The status the request got (460 checksum mismatch, 408 timeout, 413, ...), or
+        /// 499 when the client went away mid-chunk and got no answer.
         status: u16,
     },
     /// Every byte arrived and verified.

@@ -423,15 +423,47 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let id = info.id;
-    let result = write_verified(inner, req, info, body, checksum).await;
+    let mut pending = Pending {
+        inner,
+        id: info.id,
+        settled: false,
+    };
+    let result = write_verified(inner, req, info, body, checksum, &mut pending).await;
+    pending.settled = true;
     if let Err(e) = &result {
         inner.emit(&UploadEvent::ChunkRejected {
-            id,
+            id: pending.id,
             status: e.status().as_u16(),
         });
     }
     result
+}
+
+/// The status a [`UploadEvent::ChunkRejected`] carries when the client went away
+/// mid-chunk (nginx's "client closed request"; no answer was sent).
+const CLIENT_GONE: u16 = 499;
+
+/// A chunk being written: dropped unsettled, it reports the chunk rejected, so no chunk
+/// vanishes silently. Hyper drops the request's future when its connection task ends
+/// before the handler answers (a client that goes away mid-body is usually seen as a body
+/// error first, a 400 reported the ordinary way).
+struct Pending<'a, S> {
+    inner: &'a Inner<S>,
+    id: UploadId,
+    /// Committed, or rejected and reported.
+    settled: bool,
+}
+
+impl<S> Drop for Pending<'_, S> {
+    fn drop(&mut self) {
+        if !self.settled {
+            tracing::debug!(id = %self.id, "client went away mid-chunk; chunk dropped");
+            self.inner.emit(&UploadEvent::ChunkRejected {
+                id: self.id,
+                status: CLIENT_GONE,
+            });
+        }
+    }
 }
 
 async fn write_verified<S, B>(
@@ -440,6 +472,7 @@ async fn write_verified<S, B>(
     info: UploadInfo,
     body: B,
     checksum: Option<Checksum>,
+    pending: &mut Pending<'_, S>,
 ) -> Result<UploadInfo, UploadError>
 where
     S: Store,
@@ -529,6 +562,7 @@ where
         restore(previous);
         return Err(e.into());
     }
+    pending.settled = true;
     tracing::trace!(id = %next.id, offset = next.offset, "chunk committed");
     inner.emit(&UploadEvent::ChunkCommitted {
         id: next.id,
