@@ -22,12 +22,16 @@ const PG_BIN_ENV: &str = "PALISADE_PG_BIN";
 /// `postgres`, or the external server named by `DATABASE_URL`.
 ///
 /// The private cluster lives in a temporary directory, listens on an ephemeral port of
-/// 127.0.0.1 and trusts every local connection as the `postgres` superuser. It runs with
-/// `fsync=off`: that loses data only when the machine crashes, not when the server is
-/// killed, so [`kill`](Self::kill) followed by [`restart`](Self::restart) keeps everything
-/// that was committed. `kill`, `pause` and `resume` signal the postmaster and all its
+/// 127.0.0.1 and trusts every local connection as the `postgres` superuser. [`start`]
+/// runs it with `fsync=off`: that loses data only when the machine crashes, not when the
+/// server is killed, so [`kill`](Self::kill) followed by [`restart`](Self::restart) keeps
+/// everything that was committed. [`start_durable`] runs it as production does (`fsync=on`,
+/// `synchronous_commit=on`: every commit waits for its WAL flush), for benchmarks. `kill`, `pause` and `resume` signal the postmaster and all its
 /// children (the backends and background processes, found through `/proc`: Linux only).
 /// Dropping the handle kills them all, also when the test panics.
+///
+/// [`start`]: Self::start
+/// [`start_durable`]: Self::start_durable
 ///
 /// When the tests run as root, which PostgreSQL refuses, `initdb` and `postgres` run as the
 /// `postgres` OS user, and the temp dir belongs to that user.
@@ -66,6 +70,24 @@ impl PostgresServer {
     /// the server does not come up within 30 s; [`Error::Io`] when the temp dir or a
     /// process cannot be created.
     pub fn start() -> Result<Self, Error> {
+        Self::launch(false)
+    }
+
+    /// Like [`start`](Self::start), but the private cluster runs with durable commits
+    /// (`fsync=on`, `synchronous_commit=on`), so a commit costs what it costs in production.
+    /// For benchmarks; tests want the faster [`start`](Self::start). An external
+    /// `DATABASE_URL` server keeps its own settings.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_durable() -> Result<Self, Error> {
+        Self::launch(true)
+    }
+
+    /// Starts the server for [`start`](Self::start) (`durable == false`) or
+    /// [`start_durable`](Self::start_durable).
+    fn launch(durable: bool) -> Result<Self, Error> {
         if let Some(url) = env_url("DATABASE_URL") {
             return Ok(Self {
                 server: Server::external(url),
@@ -87,6 +109,7 @@ impl PostgresServer {
             data: dir.path().join("data"),
             sockets: dir.path().join("sockets"),
             run_as,
+            durable,
         };
         fs::create_dir(&launch.sockets).map_err(Error::io(format!(
             "could not create {}",
@@ -227,6 +250,8 @@ pub(crate) struct PostgresLaunch {
     data: PathBuf,
     sockets: PathBuf,
     run_as: Option<RunAs>,
+    /// `fsync=on` and `synchronous_commit=on` instead of `fsync=off`.
+    durable: bool,
 }
 
 impl PostgresLaunch {
@@ -289,7 +314,12 @@ impl Launch for PostgresLaunch {
             .args(["-p", &port.to_string()])
             .arg("-k")
             .arg(&self.sockets)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]);
+            .args(["-c", "listen_addresses=127.0.0.1"]);
+        if self.durable {
+            command.args(["-c", "fsync=on", "-c", "synchronous_commit=on"]);
+        } else {
+            command.args(["-c", "fsync=off"]);
+        }
         command
     }
 
