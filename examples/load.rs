@@ -22,12 +22,17 @@
 //! (`--threads`, default 1) and run it when nothing else is busy; it prints the load average
 //! before it starts.
 //!
+//! With `wrk` on a machine of two or more CPUs and `taskset` on `PATH`, the two sides are
+//! pinned apart: the server runs on the last CPU with one runtime worker
+//! (`TOKIO_WORKER_THREADS=1`) and `wrk` on the first, so neither steals the other's core and
+//! the comparison is the server's cost per request on one core (`--no-pin` turns it off).
+//!
 //! The summary adds up requests and seconds over the rounds for throughput, and takes the
 //! median of the rounds' p50 and p99 (`wrk` reports percentiles, not samples).
 //!
 //! Options: `--duration S` (default 5), `--warmup S` (default 1), `--connections N`
 //! (default 32), `--rounds N` (default 2, alternating bare and full), `--threads N`
-//! (default 1), `--generator wrk|rust` (default `wrk` when installed).
+//! (default 1), `--generator wrk|rust` (default `wrk` when installed), `--no-pin`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -68,7 +73,7 @@ enum Error {
 }
 
 const USAGE: &str = "usage: load [--duration S] [--warmup S] [--connections N] [--rounds N] \
-                     [--threads N] [--generator wrk|rust]";
+                     [--threads N] [--generator wrk|rust] [--no-pin]";
 
 /// What sends the requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,40 @@ struct Args {
     rounds: u32,
     threads: usize,
     generator: Generator,
+    /// The CPUs of the server and of `wrk`, when they are pinned apart.
+    pin: Option<Pin>,
+}
+
+/// Where each side runs when they are pinned apart.
+#[derive(Debug, Clone, Copy)]
+struct Pin {
+    server_cpu: usize,
+    wrk_cpu: usize,
+}
+
+impl Pin {
+    /// The last CPU for the server and the first for `wrk`, where there are two or more
+    /// and `taskset` runs.
+    fn detect() -> Option<Self> {
+        let cpus = std::thread::available_parallelism().ok()?.get();
+        let taskset = Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        (cpus >= 2 && taskset).then_some(Pin {
+            server_cpu: cpus - 1,
+            wrk_cpu: 0,
+        })
+    }
+
+    /// `program` under `taskset` on `cpu`.
+    fn command(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("taskset");
+        command.arg("--cpu-list").arg(cpu.to_string()).arg(program);
+        command
+    }
 }
 
 impl Args {
@@ -102,7 +141,9 @@ impl Args {
             } else {
                 Generator::Rust
             },
+            pin: None,
         };
+        let mut pin = true;
         let mut argv = std::env::args().skip(1);
         while let Some(arg) = argv.next() {
             let mut value = |name: &str| -> Result<u64, Error> {
@@ -135,9 +176,14 @@ impl Args {
                 "--threads" => {
                     args.threads = usize::try_from(value("--threads")?).unwrap_or(usize::MAX);
                 }
+                "--no-pin" => pin = false,
                 "-h" | "--help" => return Err(Error::Help),
                 other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
             }
+        }
+        // Only `wrk` runs in a process of its own that can be pinned.
+        if pin && args.generator == Generator::Wrk {
+            args.pin = Pin::detect();
         }
         Ok(args)
     }
@@ -298,6 +344,12 @@ fn run() -> Result<(), Error> {
             Generator::Rust => "a hyper client in this process",
         }
     );
+    if let Some(pin) = args.pin {
+        println!(
+            "pinned apart: the server on CPU {} with one runtime worker, wrk on CPU {}",
+            pin.server_cpu, pin.wrk_cpu
+        );
+    }
     println!(
         "the full stack runs with limits no request reaches (1,000,000 req/s per key, a pool \
          of 4,096): this measures the cost of the layers, not their refusals"
@@ -397,8 +449,16 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &Path, mode: Mode) -> Result<Self, Error> {
-        let mut child = Command::new(binary)
+    fn start(binary: &Path, mode: Mode, pin: Option<Pin>) -> Result<Self, Error> {
+        let mut command = match pin {
+            Some(pin) => {
+                let mut command = Pin::command(pin.server_cpu, binary);
+                command.env("TOKIO_WORKER_THREADS", "1");
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["--addr", "127.0.0.1:0"])
             .args(mode.server_args())
             .stdin(Stdio::null())
@@ -448,7 +508,7 @@ fn measure(
     mode: Mode,
     args: Args,
 ) -> Result<Sample, Error> {
-    let server = Server::start(binary, mode)?;
+    let server = Server::start(binary, mode, None)?;
     runtime.block_on(load(server.addr, args.connections, args.warmup))?;
     let sample = runtime.block_on(load(server.addr, args.connections, args.duration))?;
     drop(server);
@@ -467,9 +527,16 @@ fn wrk_installed() -> bool {
 
 /// Starts the server in `mode`, warms it up with `wrk`, then measures it with `wrk`.
 fn measure_with_wrk(binary: &Path, mode: Mode, args: Args) -> Result<Round, Error> {
-    let server = Server::start(binary, mode)?;
-    wrk(server.addr, args.connections, 1, args.warmup)?;
-    let output = wrk(server.addr, args.connections, args.threads, args.duration)?;
+    let server = Server::start(binary, mode, args.pin)?;
+    let wrk_cpu = args.pin.map(|pin| pin.wrk_cpu);
+    wrk(server.addr, args.connections, 1, args.warmup, wrk_cpu)?;
+    let output = wrk(
+        server.addr,
+        args.connections,
+        args.threads,
+        args.duration,
+        wrk_cpu,
+    )?;
     drop(server);
     parse_wrk(&output)
 }
@@ -480,10 +547,15 @@ fn wrk(
     connections: u32,
     threads: usize,
     duration: Duration,
+    cpu: Option<usize>,
 ) -> Result<String, Error> {
     // wrk wants at least as many connections as threads.
     let threads = threads.clamp(1, usize::try_from(connections).unwrap_or(usize::MAX).max(1));
-    let output = Command::new("wrk")
+    let mut command = match cpu {
+        Some(cpu) => Pin::command(cpu, "wrk"),
+        None => Command::new("wrk"),
+    };
+    let output = command
         .arg(format!("--threads={threads}"))
         .arg(format!("--connections={connections}"))
         .arg(format!("--duration={}s", duration.as_secs().max(1)))

@@ -18,7 +18,15 @@ pub use crate::breaker::{
 pub use crate::pool::{ConcurrencyPoolLayer, Overloaded, PoolConfig};
 
 #[cfg(feature = "rate-limit")]
-pub use crate::rate_limit::{Quota, RateLimitConfig, RateLimitLayer, RateLimited};
+pub use crate::rate_limit::{
+    KeyedRateLimitLayer, Quota, RateLimitConfig, RateLimitLayer, RateLimited, key_fn,
+};
+
+#[cfg(all(feature = "rate-limit", feature = "http"))]
+pub use crate::rate_limit::{HeaderKey, PeerIp};
+
+#[cfg(feature = "rate-limit-redis")]
+pub use crate::rate_limit::{RedisRateLimitLayer, RedisRateLimiter};
 
 #[cfg(feature = "retry")]
 pub use crate::retry::{RetryConfig, RetryLayer};
