@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{
     CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
@@ -15,19 +14,22 @@ use tokio_util::sync::{
 
 use crate::backend::{Backend, Grant};
 use crate::lock::Shared;
+use crate::watchdog::{Ticket, Watchdog};
 use crate::{FencingToken, InProcess, LockError, LockEvent, LostReason};
 
 /// A held lock. Dropping it releases the lock in the background (bounded by the configured
 /// [`release_timeout`](crate::LockConfig::release_timeout)); [`release`](Self::release)
 /// does it in place and says whether the lock was still held.
 ///
-/// While it lives, a watchdog task renews the lease every TTL/3. When a renewal fails, or
-/// the lease's validity runs out before one succeeds, the lock is *lost*:
+/// While it lives, the lock's watchdog renews the lease every TTL/3 (one task per
+/// [`Lock`](crate::Lock) serves all its guards). When a renewal fails, or the lease's
+/// validity runs out before one succeeds, the lock is *lost*:
 /// [`lost`](Self::lost) fires and [`is_lost`](Self::is_lost) turns true. Writes already on
 /// their way are not recalled: the resource's fencing check is what rejects them.
 pub struct LockGuard<B: Backend = InProcess> {
     held: Arc<Held<B>>,
-    watchdog: Option<AbortHandle>,
+    /// Where the watchdog keeps the lease; `None` once released.
+    watched: Option<Ticket>,
     released: bool,
 }
 
@@ -39,7 +41,9 @@ pub(crate) struct Held<B: Backend> {
     ttl: Duration,
     acquired_at: Instant,
     valid_until: Mutex<Instant>,
-    lost: CancellationToken,
+    /// Made when first asked for (most guards are released without anyone waiting for
+    /// loss), and by the loss itself, so a token made later is cancelled as well.
+    lost: OnceLock<CancellationToken>,
     reason: OnceLock<LostReason>,
 }
 
@@ -60,12 +64,66 @@ impl<B: Backend> Held<B> {
             ttl,
             acquired_at,
             valid_until: Mutex::new(valid_until),
-            lost: CancellationToken::new(),
+            lost: OnceLock::new(),
             reason: OnceLock::new(),
         }
     }
 
-    fn valid_until(&self) -> Instant {
+    pub(crate) fn shared(&self) -> &Shared<B> {
+        &self.shared
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn lease(&self) -> &B::Lease {
+        &self.lease
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the watchdog first looks at the lease: to renew it, TTL/3 after the grant; with
+    /// renewal off, to report it lost, when its validity ends.
+    pub(crate) fn first_due(&self, renew: bool) -> Instant {
+        let valid_until = self.valid_until();
+        if renew {
+            self.next_due(self.acquired_at, valid_until)
+        } else {
+            valid_until
+        }
+    }
+
+    /// The next renewal: TTL/3 after the last one was sent, and within the validity.
+    pub(crate) fn next_due(&self, last: Instant, valid_until: Instant) -> Instant {
+        (last + self.ttl / 3).min(valid_until)
+    }
+
+    /// A renewal sent at `started` succeeded: the new validity.
+    pub(crate) fn renewed(&self, started: Instant) -> Instant {
+        let drift = self.shared.backend.drift(self.ttl);
+        let until = started + self.ttl.saturating_sub(drift);
+        self.set_valid_until(until);
+        until
+    }
+
+    pub(crate) fn report_renewed(&self, valid_until: Instant) {
+        let validity = valid_until.saturating_duration_since(Instant::now());
+        tracing::trace!(key = %self.key, token = %self.token, ?validity, "lock renewed");
+        self.shared.emit(LockEvent::Renewed {
+            key: Arc::clone(&self.key),
+            token: self.token,
+            validity,
+        });
+    }
+
+    fn lost_token(&self) -> &CancellationToken {
+        self.lost.get_or_init(CancellationToken::new)
+    }
+
+    pub(crate) fn valid_until(&self) -> Instant {
         *self
             .valid_until
             .lock()
@@ -79,7 +137,7 @@ impl<B: Backend> Held<B> {
             .unwrap_or_else(PoisonError::into_inner) = until;
     }
 
-    fn lose(&self, reason: LostReason) {
+    pub(crate) fn lose(&self, reason: LostReason) {
         if self.reason.set(reason).is_err() {
             return;
         }
@@ -91,7 +149,7 @@ impl<B: Backend> Held<B> {
             reason,
             held_for,
         });
-        self.lost.cancel();
+        self.lost_token().cancel();
     }
 
     /// Releases the lock at the backend: `Ok(true)` if it was still ours.
@@ -121,67 +179,21 @@ impl<B: Backend> Held<B> {
     }
 }
 
-/// Renews the lease every TTL/3 until the guard aborts it or the lease is lost.
-async fn watchdog<B: Backend>(held: Arc<Held<B>>, renew: bool) {
-    let ttl = held.ttl;
-    let drift = held.shared.backend.drift(ttl);
-    let interval = ttl / 3;
-    let mut last = held.acquired_at;
-    loop {
-        let valid_until = held.valid_until();
-        if !renew {
-            tokio::time::sleep_until(valid_until).await;
-            held.lose(LostReason::Expired);
-            return;
-        }
-        tokio::time::sleep_until((last + interval).min(valid_until)).await;
-        let started = Instant::now();
-        if started >= valid_until {
-            held.lose(LostReason::Expired);
-            return;
-        }
-        // Boxed: the renewal future is large, and this task is spawned with every guard;
-        // kept inline it would be copied into each task, renewing or not.
-        let renewal = Box::pin(held.shared.backend.renew(&held.key, &held.lease, ttl));
-        match tokio::time::timeout_at(valid_until, renewal).await {
-            Ok(Ok(true)) => {
-                let until = started + ttl.saturating_sub(drift);
-                held.set_valid_until(until);
-                last = started;
-                let validity = until.saturating_duration_since(Instant::now());
-                tracing::trace!(key = %held.key, token = %held.token, ?validity, "lock renewed");
-                held.shared.emit(LockEvent::Renewed {
-                    key: Arc::clone(&held.key),
-                    token: held.token,
-                    validity,
-                });
-            }
-            Ok(Ok(false)) => {
-                held.lose(LostReason::Taken);
-                return;
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(key = %held.key, %error, "lock renewal failed");
-                held.lose(LostReason::Unreachable);
-                return;
-            }
-            Err(_) => {
-                held.lose(LostReason::Expired);
-                return;
-            }
-        }
-    }
-}
-
 impl<B: Backend> LockGuard<B> {
     pub(crate) fn new(held: Held<B>) -> Self {
         let held = Arc::new(held);
-        let renew = held.shared.config.watchdog;
-        let task = tokio::spawn(watchdog(Arc::clone(&held), renew));
+        let ticket = Watchdog::register(&held.shared, &held);
         Self {
             held,
-            watchdog: Some(task.abort_handle()),
+            watched: Some(ticket),
             released: false,
+        }
+    }
+
+    /// Takes the lease out of the watchdog's care.
+    fn unwatch(&mut self) {
+        if let Some(ticket) = self.watched.take() {
+            self.held.shared.watchdog.deregister(ticket);
         }
     }
 
@@ -233,18 +245,18 @@ impl<B: Backend> LockGuard<B> {
     /// Completes when the lock is lost (at once if it already is). Never completes while
     /// the lock is held, nor after a release.
     pub fn lost(&self) -> WaitForCancellationFuture<'_> {
-        self.held.lost.cancelled()
+        self.held.lost_token().cancelled()
     }
 
     /// Like [`lost`](Self::lost), but owns what it needs, to move into a task.
     pub fn lost_owned(&self) -> WaitForCancellationFutureOwned {
-        self.held.lost.clone().cancelled_owned()
+        self.held.lost_token().clone().cancelled_owned()
     }
 
     /// A cancellation token cancelled when the lock is lost, to hand to code that already
     /// stops on one. Cancelling it yourself does not release the lock.
     pub fn lost_token(&self) -> CancellationToken {
-        self.held.lost.child_token()
+        self.held.lost_token().child_token()
     }
 
     /// Runs `work` while the lock is held: its output, or [`LockError::Lost`] (with `work`
@@ -274,9 +286,7 @@ impl<B: Backend> LockGuard<B> {
     /// the release timeout (the lock then expires on its own).
     pub async fn release(mut self) -> Result<(), LockError> {
         self.released = true;
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
-        }
+        self.unwatch();
         if self.held.release().await? {
             Ok(())
         } else {
@@ -289,9 +299,7 @@ impl<B: Backend> LockGuard<B> {
 
 impl<B: Backend> Drop for LockGuard<B> {
     fn drop(&mut self) {
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
-        }
+        self.unwatch();
         if self.released {
             return;
         }

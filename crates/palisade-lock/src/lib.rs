@@ -4,11 +4,11 @@
 //!
 //! A [`Lock`] hands out [`LockGuard`]s. Each grant of a key carries a [`FencingToken`]
 //! larger than every earlier grant's for that key. While a guard lives, a watchdog renews
-//! its lease every TTL/3 (compare-and-extend: only the owner can); when a renewal fails,
-//! or the lease's validity runs out first, the lock is *lost* and
-//! [`LockGuard::lost`] fires. [`Lock::with_lock`] cancels its work then. Releasing is a
-//! compare-and-delete, so only the owner releases; dropping a guard releases it in the
-//! background. Waiting for a held key retries with jittered delays from
+//! its lease every TTL/3 (compare-and-extend: only the owner can; one task per [`Lock`]
+//! serves all its guards); when a renewal fails, or the lease's validity runs out first,
+//! the lock is *lost* and [`LockGuard::lost`] fires. [`Lock::with_lock`] cancels its work
+//! then. Releasing is a compare-and-delete, so only the owner releases; dropping a guard
+//! releases it in the background. Waiting for a held key retries with jittered delays from
 //! `palisade-core`'s [`Backoff`](palisade_core::Backoff), up to the caller's wait, and
 //! dropping the acquiring future never leaves a grant behind for longer than it takes to
 //! release it.
@@ -119,6 +119,7 @@ mod postgres;
 mod redis;
 #[cfg(feature = "redis")]
 mod redlock;
+mod watchdog;
 
 pub use crate::backend::{Backend, Grant};
 pub use crate::config::LockConfig;

@@ -12,25 +12,35 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, Grant};
 use crate::guard::{Held, LockGuard};
+use crate::watchdog::Watchdog;
 use crate::{BackendError, FencingToken, InProcess, LockConfig, LockError, LockEvent};
 
 /// A lock manager over one [`Backend`]: hands out [`LockGuard`]s on keys.
 ///
-/// Cheap to clone: clones share the backend, the configuration and the listener. Its
-/// methods need a tokio runtime (each attempt and each guard's watchdog is a task).
+/// Cheap to clone: clones share the backend, the configuration, the listener and the
+/// watchdog (one task that renews the leases of all of this lock's guards). Its methods
+/// need a tokio runtime.
 pub struct Lock<B: Backend = InProcess> {
     shared: Arc<Shared<B>>,
 }
 
-pub(crate) struct Shared<B> {
+pub(crate) struct Shared<B: Backend> {
     pub(crate) backend: B,
     pub(crate) config: LockConfig,
     listener: Box<dyn Listener<LockEvent>>,
+    /// Renews the leases of all guards of this lock (one task).
+    pub(crate) watchdog: Watchdog<B>,
 }
 
-impl<B> Shared<B> {
+impl<B: Backend> Shared<B> {
     pub(crate) fn emit(&self, event: LockEvent) {
         self.listener.on_event(&event);
+    }
+}
+
+impl<B: Backend> Drop for Shared<B> {
+    fn drop(&mut self) {
+        self.watchdog.shut_down();
     }
 }
 
@@ -100,6 +110,7 @@ impl<B: Backend> LockBuilder<B> {
                 backend: self.backend,
                 config: self.config,
                 listener: self.listener,
+                watchdog: Watchdog::new(),
             }),
         }
     }
@@ -149,16 +160,18 @@ impl<B: Backend> Lock<B> {
         ttl: Duration,
         wait: Duration,
     ) -> Result<LockGuard<B>, LockError> {
-        self.check(key, ttl)?;
+        let drift = self.check(key, ttl)?;
         let key: Arc<str> = Arc::from(key);
         let started = Instant::now();
         let deadline = started.checked_add(wait);
-        let mut delays = self.shared.config.backoff.delays();
+        // Made when an attempt finds the key held: an uncontended acquisition needs none.
+        let mut delays = None;
         let mut attempts = 0_u32;
+        let mut attempt_started = started;
         loop {
             attempts = attempts.saturating_add(1);
-            if let Some(guard) = self.attempt(&key, ttl).await? {
-                self.acquired(&guard, started);
+            if let Some((guard, granted)) = self.attempt(&key, ttl, drift, attempt_started).await? {
+                self.acquired(&guard, granted.duration_since(started));
                 return Ok(guard);
             }
             self.shared.emit(LockEvent::Contended {
@@ -166,7 +179,9 @@ impl<B: Backend> Lock<B> {
                 attempts,
             });
             let now = Instant::now();
-            let delay = delays.next_after(now.duration_since(started));
+            let delay = delays
+                .get_or_insert_with(|| self.shared.config.backoff.delays())
+                .next_after(now.duration_since(started));
             let until = match (delay, deadline) {
                 (_, Some(deadline)) if now >= deadline => None,
                 (Some(delay), Some(deadline)) => {
@@ -185,6 +200,7 @@ impl<B: Backend> Lock<B> {
                 return Err(LockError::TimedOut { key, waited });
             };
             tokio::time::sleep_until(until).await;
+            attempt_started = Instant::now();
         }
     }
 
@@ -198,15 +214,19 @@ impl<B: Backend> Lock<B> {
         key: &str,
         ttl: Duration,
     ) -> Result<Option<LockGuard<B>>, LockError> {
-        self.check(key, ttl)?;
+        let drift = self.check(key, ttl)?;
         let key: Arc<str> = Arc::from(key);
         let started = Instant::now();
-        let guard = self.attempt(&key, ttl).await?;
-        match &guard {
-            Some(guard) => self.acquired(guard, started),
-            None => self.shared.emit(LockEvent::Contended { key, attempts: 1 }),
+        match self.attempt(&key, ttl, drift, started).await? {
+            Some((guard, granted)) => {
+                self.acquired(&guard, granted.duration_since(started));
+                Ok(Some(guard))
+            }
+            None => {
+                self.shared.emit(LockEvent::Contended { key, attempts: 1 });
+                Ok(None)
+            }
         }
-        Ok(guard)
     }
 
     /// Runs `work` under the lock on `key`: acquires it (waiting up to the configured
@@ -239,7 +259,8 @@ impl<B: Backend> Lock<B> {
         result
     }
 
-    fn check(&self, key: &str, ttl: Duration) -> Result<(), LockError> {
+    /// Checks the input; the backend's drift allowance for `ttl`.
+    fn check(&self, key: &str, ttl: Duration) -> Result<Duration, LockError> {
         if key.is_empty() {
             return Err(LockError::EmptyKey);
         }
@@ -250,11 +271,10 @@ impl<B: Backend> Lock<B> {
         if drift >= ttl {
             return Err(LockError::TtlTooShort { ttl, drift });
         }
-        Ok(())
+        Ok(drift)
     }
 
-    fn acquired(&self, guard: &LockGuard<B>, started: Instant) {
-        let waited = started.elapsed();
+    fn acquired(&self, guard: &LockGuard<B>, waited: Duration) {
         tracing::debug!(key = %guard.key(), token = %guard.token(), ?waited, "lock acquired");
         self.shared.emit(LockEvent::Acquired {
             key: Arc::clone(guard.key_arc()),
@@ -263,14 +283,17 @@ impl<B: Backend> Lock<B> {
         });
     }
 
-    /// One attempt. The backend's future is polled in place; if this future is dropped
-    /// before it completes, it finishes in a task of its own, which releases a grant.
+    /// One attempt, started at `started`: the guard and when it was granted, or `None` when
+    /// someone else holds the key. The backend's future is polled in place; if this future
+    /// is dropped before it completes, it finishes in a task of its own, which releases a
+    /// grant.
     async fn attempt(
         &self,
         key: &Arc<str>,
         ttl: Duration,
-    ) -> Result<Option<LockGuard<B>>, LockError> {
-        let started = Instant::now();
+        drift: Duration,
+        started: Instant,
+    ) -> Result<Option<(LockGuard<B>, Instant)>, LockError> {
         let shared = Arc::clone(&self.shared);
         let task_key = Arc::clone(key);
         let attempt = InFlight {
@@ -288,8 +311,9 @@ impl<B: Backend> Lock<B> {
         let Some(mut pending) = attempt.await.map_err(LockError::Unavailable)? else {
             return Ok(None);
         };
-        let valid_until = started + ttl.saturating_sub(self.shared.backend.drift(ttl));
-        if valid_until <= Instant::now() {
+        let valid_until = started + ttl.saturating_sub(drift);
+        let granted = Instant::now();
+        if valid_until <= granted {
             // Granted, but too late to be of use: released by `pending`'s drop.
             tracing::debug!(key = %key, "lock granted after its validity; released");
             return Ok(None);
@@ -305,7 +329,7 @@ impl<B: Backend> Lock<B> {
             started,
             valid_until,
         );
-        Ok(Some(LockGuard::new(held)))
+        Ok(Some((LockGuard::new(held), granted)))
     }
 }
 

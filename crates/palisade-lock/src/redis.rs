@@ -121,20 +121,34 @@ pub struct RedisBackend {
 
 /// A [`RedisBackend`] or [`Redlock`](crate::Redlock) grant: the random owner value stored in
 /// the lock key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RedisLease {
-    owner: String,
+    /// 32 lowercase hex digits, kept inline: no allocation per grant.
+    owner: [u8; 32],
 }
 
 impl RedisLease {
     pub(crate) fn random() -> Self {
         // 32 hex digits, written by hand: `format!` costs several times as much, per grant.
         let bits = fastrand::u128(..);
-        let owner = (0..32)
-            .rev()
-            .map(|digit| char::from(b"0123456789abcdef"[(bits >> (digit * 4)) as usize & 0xf]))
-            .collect();
+        let mut owner = [0; 32];
+        for (digit, byte) in owner.iter_mut().rev().enumerate() {
+            *byte = b"0123456789abcdef"[(bits >> (digit * 4)) as usize & 0xf];
+        }
         Self { owner }
+    }
+
+    /// The owner value, as stored in the lock key.
+    fn owner(&self) -> &[u8] {
+        &self.owner
+    }
+}
+
+impl fmt::Debug for RedisLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLease")
+            .field("owner", &String::from_utf8_lossy(&self.owner))
+            .finish()
     }
 }
 
@@ -242,11 +256,14 @@ impl RedisBackend {
         if let Some(connection) = self.cached() {
             return Ok(connection);
         }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(|e| BackendError::new("could not connect to redis", e))?;
+        // Boxed: connecting is rare, and its future is large; inline, it would make every
+        // command's future (and the boxed attempt that holds one) that much larger.
+        let connection = Box::pin(
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config),
+        )
+        .await
+        .map_err(|e| BackendError::new("could not connect to redis", e))?;
         *self
             .connection
             .lock()
@@ -270,7 +287,7 @@ impl RedisBackend {
         &self,
         script: &Lua,
         keys: &[&str],
-        owner: &str,
+        owner: &[u8],
         number: Option<u64>,
     ) -> Result<T, BackendError> {
         let mut connection = self.connection().await?;
@@ -318,7 +335,7 @@ impl RedisBackend {
             .invoke(
                 &ACQUIRE,
                 &[lock, &fence],
-                &lease.owner,
+                lease.owner(),
                 Some(ttl_millis(ttl)),
             )
             .await?;
@@ -335,7 +352,7 @@ impl RedisBackend {
         let fence = self.fence_key(key);
         let lock = lock_of(&fence);
         let raised: u8 = self
-            .invoke(&RAISE, &[lock, &fence], &lease.owner, Some(token))
+            .invoke(&RAISE, &[lock, &fence], lease.owner(), Some(token))
             .await?;
         Ok(raised == 1)
     }
@@ -348,14 +365,14 @@ impl RedisBackend {
     ) -> Result<bool, BackendError> {
         let lock = self.lock_key(key);
         let extended: u8 = self
-            .invoke(&RENEW, &[&lock], &lease.owner, Some(ttl_millis(ttl)))
+            .invoke(&RENEW, &[&lock], lease.owner(), Some(ttl_millis(ttl)))
             .await?;
         Ok(extended == 1)
     }
 
     pub(crate) async fn delete(&self, key: &str, lease: &RedisLease) -> Result<bool, BackendError> {
         let lock = self.lock_key(key);
-        let deleted: u8 = self.invoke(&RELEASE, &[&lock], &lease.owner, None).await?;
+        let deleted: u8 = self.invoke(&RELEASE, &[&lock], lease.owner(), None).await?;
         Ok(deleted == 1)
     }
 }
@@ -366,7 +383,7 @@ fn script_command(
     script: &Lua,
     whole: bool,
     keys: &[&str],
-    owner: &str,
+    owner: &[u8],
     number: Option<u64>,
 ) -> Cmd {
     let mut command = if whole {

@@ -203,6 +203,44 @@ async fn the_watchdog_keeps_a_long_task_lock_alive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_watchdog_renews_many_guards_and_forgets_a_released_one() {
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
+    let (holder, mut events) =
+        observed(RedisBackend::open(redis.url()).unwrap(), LockConfig::new());
+    // Longer than the other tests' TTL: twenty renewals per round on a loaded machine.
+    let ttl = Duration::from_secs(1);
+    let mut guards = Vec::new();
+    for n in 0..20 {
+        let key = format!("many:{n}");
+        guards.push(holder.acquire(&key, ttl, Duration::ZERO).await.unwrap());
+    }
+    let released = guards.pop().unwrap();
+    let released_key = released.key().to_owned();
+    released.release().await.unwrap();
+    // Every kept guard renewed three times (over a TTL of holding), the released one never.
+    let mut renewals = std::collections::HashMap::<String, u32>::new();
+    while renewals.len() < guards.len() || renewals.values().any(|&n| n < 3) {
+        let event = next_matching(&mut events, |e| {
+            matches!(e, LockEvent::Renewed { .. } | LockEvent::Lost { .. })
+        })
+        .await;
+        let LockEvent::Renewed { key, .. } = event else {
+            panic!("a guard was lost: {event:?}");
+        };
+        assert_ne!(&*key, released_key, "renewed after its release");
+        *renewals.entry(key.to_string()).or_default() += 1;
+    }
+    let other = lock(&redis);
+    for guard in guards {
+        assert!(!guard.is_lost());
+        assert!(other.try_acquire(guard.key(), ttl).await.unwrap().is_none());
+        guard.release().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_server_fires_lost_and_the_stale_write_is_rejected() {
     let Some(mut redis) = private_redis() else {
         return;
