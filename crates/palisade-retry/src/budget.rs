@@ -15,6 +15,10 @@
 //! `CLOCK_EVERY`th deposit made on a thread refresh. A call may so be counted in an older
 //! bucket than its own, never a newer one: it leaves the window early, which can only lower
 //! the budget, never let retries exceed it.
+//!
+//! A deposit is so a handful of instructions: one thread-local word (the thread's stripe and
+//! its countdown to the next clock reading), one load of the current epoch (stored with its
+//! bucket index, so no division), and a load and store of the bucket's word.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -27,37 +31,43 @@ use crate::config::{BUDGET_BUCKETS, BudgetConfig};
 const BUCKETS: usize = BUDGET_BUCKETS as usize;
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Epochs are kept below `2^40` (at 100 ms per bucket at least, 3,000 years of uptime) so
+/// that an epoch with its bucket index fits a word, and an epoch with a count too.
 const EPOCH_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 
-/// The number of deposit stripes per budget.
+/// The low bits of [`Budget::current`] that hold the current epoch's bucket index.
+const INDEX_BITS: u32 = 4;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+/// The words per stripe: the buckets, rounded up to a power of two so that a bucket index
+/// read from [`Budget::current`] needs no bounds check (the extra words stay zero).
+const SLOTS: usize = 1 << INDEX_BITS;
+const _: () = assert!(BUCKETS <= SLOTS);
+
+/// The number of deposit stripes per budget (a power of two).
 const STRIPES: usize = 8;
 
 /// A thread's deposits read the clock once per this many (into whichever budget).
 const CLOCK_EVERY: u32 = 16;
 
-/// The bits of [`THREAD`] that count deposits since the clock was read.
-const SINCE_CLOCK_BITS: u32 = 8;
-const SINCE_CLOCK_MASK: u32 = (1 << SINCE_CLOCK_BITS) - 1;
+/// [`THREAD`]: the deposits left before the thread reads the clock again, in its low bits.
+const COUNTDOWN_MASK: u32 = 0xff;
+/// [`THREAD`]: the thread's stripe, above the countdown.
+const STRIPE_SHIFT: u32 = 8;
+/// [`THREAD`]: set once the thread has a stripe.
+const ASSIGNED: u32 = 1 << 31;
 
 /// The stripe the next new thread gets (modulo [`STRIPES`]).
 static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
-    /// This thread's stripe plus one (0: not given yet) above [`SINCE_CLOCK_BITS`], and the
-    /// deposits it made since it last read the clock below.
+    /// This thread's stripe ([`ASSIGNED`] once given) above [`STRIPE_SHIFT`], and below it the
+    /// deposits it may still make before it reads the clock again; 0 before its first deposit.
     static THREAD: Cell<u32> = const { Cell::new(0) };
-}
-
-/// This thread's [`THREAD`] word, made on its first deposit.
-#[cold]
-fn first_deposit() -> u32 {
-    let stripe = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES as u32;
-    (stripe + 1) << SINCE_CLOCK_BITS
 }
 
 /// One stripe: a word per bucket, on cache lines of its own.
 #[repr(align(128))]
-struct Stripe([AtomicU64; BUCKETS]);
+struct Stripe([AtomicU64; SLOTS]);
 
 pub(crate) struct Budget {
     base: Instant,
@@ -65,8 +75,9 @@ pub(crate) struct Budget {
     /// `floor`: retries allowed per window whatever the traffic.
     floor: f64,
     ratio: f64,
-    /// The latest epoch read from the clock, which deposits are counted in.
-    last_epoch: AtomicU64,
+    /// The latest epoch read from the clock, which deposits are counted in, above
+    /// [`INDEX_BITS`]; its bucket index (`epoch % BUCKETS`) below.
+    current: AtomicU64,
     /// Per stripe, per bucket: `epoch << COUNT_BITS | calls`.
     deposits: [Stripe; STRIPES],
     /// Per bucket: `(epoch, retries)`.
@@ -83,7 +94,7 @@ impl Budget {
             bucket_nanos,
             floor: f64::from(config.min_per_second) * config.ttl.as_secs_f64(),
             ratio: config.ratio,
-            last_epoch: AtomicU64::new(0),
+            current: AtomicU64::new(0),
             deposits: std::array::from_fn(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0)))),
             withdrawals: Mutex::new([(u64::MAX, 0); BUCKETS]),
         }
@@ -95,45 +106,59 @@ impl Budget {
         (nanos / self.bucket_nanos) & EPOCH_MASK
     }
 
-    /// The current epoch, read from the clock and remembered for deposits.
+    /// The current epoch, read from the clock and remembered for deposits, with its bucket
+    /// index (as stored in [`current`](Self::current)).
     fn refresh_epoch(&self) -> u64 {
         let epoch = self.epoch();
-        // Never backwards, whatever the order in which threads store their readings.
-        self.last_epoch
-            .fetch_max(epoch, Ordering::Relaxed)
-            .max(epoch)
+        let packed = (epoch << INDEX_BITS) | (epoch % BUCKETS as u64);
+        // Never backwards, whatever the order in which threads store their readings: the
+        // epoch is in the high bits, so the larger word is the later epoch.
+        self.current
+            .fetch_max(packed, Ordering::Relaxed)
+            .max(packed)
     }
 
     /// Records a call.
     #[inline]
     pub(crate) fn deposit(&self) {
-        let (stripe, clock_due) = THREAD.with(|thread| {
-            let mut word = thread.get();
-            if word == 0 {
-                word = first_deposit();
-            }
-            let since_clock = (word & SINCE_CLOCK_MASK) + 1;
-            let due = since_clock >= CLOCK_EVERY;
-            thread.set((word & !SINCE_CLOCK_MASK) | if due { 0 } else { since_clock });
-            ((word >> SINCE_CLOCK_BITS) as usize - 1, due)
-        });
-        let epoch = if clock_due {
-            self.refresh_epoch()
+        let mut word = THREAD.with(Cell::get);
+        let current = if word & COUNTDOWN_MASK != 0 {
+            THREAD.with(|thread| thread.set(word - 1));
+            self.current.load(Ordering::Relaxed)
         } else {
-            self.last_epoch.load(Ordering::Relaxed)
+            let current;
+            (word, current) = self.deposit_with_clock(word);
+            current
         };
-        let slot = &self.deposits[stripe % STRIPES].0[(epoch % BUCKETS as u64) as usize];
+        let stripe = (word >> STRIPE_SHIFT) as usize % STRIPES;
+        let epoch = current >> INDEX_BITS;
+        let slot = &self.deposits[stripe].0[(current & INDEX_MASK) as usize];
         // A plain load and store: see the module's docs for why a lost race is harmless.
-        let current = slot.load(Ordering::Relaxed);
-        let next = if current >> COUNT_BITS >= epoch {
-            if current & COUNT_MASK == COUNT_MASK {
+        let stored = slot.load(Ordering::Relaxed);
+        let next = if stored >> COUNT_BITS >= epoch {
+            if stored & COUNT_MASK == COUNT_MASK {
                 return; // saturated: 16 M calls in one bucket
             }
-            current + 1
+            stored + 1
         } else {
             (epoch << COUNT_BITS) | 1
         };
         slot.store(next, Ordering::Relaxed);
+    }
+
+    /// The deposit that reads the clock (every [`CLOCK_EVERY`]th of a thread), giving the
+    /// thread its stripe on its first: the thread's word and the current epoch, packed.
+    #[cold]
+    #[inline(never)]
+    fn deposit_with_clock(&self, word: u32) -> (u32, u64) {
+        let word = if word & ASSIGNED == 0 {
+            let stripe = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES as u32;
+            ASSIGNED | (stripe << STRIPE_SHIFT)
+        } else {
+            word
+        };
+        THREAD.with(|thread| thread.set(word | (CLOCK_EVERY - 1)));
+        (word, self.refresh_epoch())
     }
 
     fn in_window(epoch: u64, stored: u64) -> bool {
@@ -143,7 +168,7 @@ impl Budget {
     fn deposits(&self, epoch: u64) -> u64 {
         self.deposits
             .iter()
-            .flat_map(|stripe| &stripe.0)
+            .flat_map(|stripe| &stripe.0[..BUCKETS])
             .map(|slot| slot.load(Ordering::Relaxed))
             .filter(|word| Self::in_window(epoch, word >> COUNT_BITS))
             .map(|word| word & COUNT_MASK)
@@ -152,7 +177,7 @@ impl Budget {
 
     /// Takes one retry from the budget; `false` if it is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        let epoch = self.refresh_epoch();
+        let epoch = self.refresh_epoch() >> INDEX_BITS;
         let deposits = self.deposits(epoch);
         let allowed = self.floor + self.ratio * deposits as f64;
         let mut withdrawals = self
@@ -230,6 +255,26 @@ mod tests {
         budget.deposit();
         budget.deposit();
         assert_eq!(withdrawals(&budget), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_bucket_counts_its_calls_until_it_leaves_the_window() {
+        // Buckets of 100 ms; more epochs than buckets, so every bucket is reused.
+        let budget = budget(1.0, 0, 1);
+        for epoch in 0..3 * BUCKETS as u64 {
+            // A withdrawal reads the clock, so the calls after it count in this epoch.
+            budget.withdraw();
+            for _ in 0..=epoch {
+                budget.deposit();
+            }
+            let recent = epoch.saturating_sub(BUCKETS as u64 - 1)..=epoch;
+            assert_eq!(
+                budget.deposits(budget.epoch()),
+                recent.map(|e| e + 1).sum::<u64>(),
+                "epoch {epoch}"
+            );
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
     }
 
     #[test]

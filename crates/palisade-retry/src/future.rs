@@ -30,12 +30,12 @@ pin_project! {
     ///
     /// Dropping it cancels the attempts or the wait in progress.
     ///
-    /// It is small (the inner future, the inner service, the request's copy and five words),
+    /// It is small (the inner future, the inner service, the request's copy and four words),
     /// and a call whose first attempt succeeds takes a fast path: no timer, no clock reading
     /// unless the configuration needs one, and no allocation; the timers, a hedge and the
     /// backoff's state are boxed together when first needed. The one exception: while a
-    /// `tracing` subscriber enables `DEBUG`, the call's `retry` span is boxed (one small
-    /// allocation per call), so that calls without it do not move its 40 bytes around.
+    /// `tracing` subscriber enables `DEBUG`, the call's `retry` span is boxed with them (one
+    /// small allocation per call), so that calls without it do not move its 40 bytes around.
     pub struct ResponseFuture<S, Request, C, P>
     where
         S: Service<Request>,
@@ -54,18 +54,16 @@ pin_project! {
         shared: Arc<Shared<C, P>>,
         // When the call started, if anything needs it (the deadline is counted from it).
         started: Started,
-        // What only a call that waits needs; `None` until then (see `Waits`).
+        // What only a call that waits (or is traced) needs; `None` until then (see `Waits`).
         waits: Option<Pin<Box<Waits<S::Future>>>>,
-        // The call's span, if a subscriber may want it (boxed: 8 bytes to move, not 40).
-        span: Option<Box<Span>>,
     }
 }
 
 pin_project! {
     /// The state of a call that has to wait: boxed, and made only when the first attempt
     /// has to wait while a timer runs (a timeout, the deadline, a hedge delay) or when the
-    /// first retry is decided. A call that completes at once neither allocates it nor moves
-    /// it around.
+    /// first retry is decided, or with the call if it has a span. A call that completes at
+    /// once neither allocates it nor moves it around.
     struct Waits<F> {
         // The hedge of the running attempt, once sent.
         #[pin]
@@ -81,25 +79,34 @@ pin_project! {
         // When the running retry started, if the clock was read; the first attempt's start
         // is the call's.
         attempt_started: Option<Instant>,
+        // The call's `retry` span, if a subscriber may want it (see `tracing_debug`).
+        span: Option<Span>,
     }
 }
 
+/// A call's [`Waits`], once made.
+type WaitsSlot<F> = Option<Pin<Box<Waits<F>>>>;
+
 /// The call's [`Waits`], made on first use.
-fn ensure_waits<F>(slot: &mut Option<Pin<Box<Waits<F>>>>) -> Pin<&mut Waits<F>> {
-    slot.get_or_insert_with(|| {
-        Box::pin(Waits {
-            hedge: None,
-            timer: None,
-            hedge_timer: None,
-            delays: None,
-            attempt_started: None,
-        })
+fn ensure_waits<F>(slot: &mut WaitsSlot<F>) -> Pin<&mut Waits<F>> {
+    slot.get_or_insert_with(|| new_waits(None)).as_mut()
+}
+
+fn new_waits<F>(span: Option<Span>) -> Pin<Box<Waits<F>>> {
+    Box::pin(Waits {
+        hedge: None,
+        timer: None,
+        hedge_timer: None,
+        delays: None,
+        attempt_started: None,
+        span,
     })
-    .as_mut()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// The first attempt is in flight, its timers (if any) not yet set.
+    First,
     /// An attempt (and maybe its hedge) is in flight.
     Running,
     /// Waiting out the delay before the next attempt.
@@ -136,48 +143,61 @@ where
         if let Some(budget) = &shared.budget {
             budget.deposit();
         }
-        let config = &shared.config;
-        let copy = if config.max_attempts.get() > 1 {
+        // The copy to send again is made before the first attempt, which consumes the
+        // request; none if no retry may follow.
+        let copy = if shared.resend {
             shared.replay.replay(&request)
         } else {
             None
         };
-        let timed_classify = shared.classify.uses_elapsed();
-        let needs_clock = shared.needs_clock || timed_classify;
-        let started = needs_clock.then(Instant::now);
-        let span = call_span();
-        let future = {
-            let _entered = span.as_deref().map(Span::enter);
-            service.call(request)
+        let started = (shared.needs_clock || shared.classify.uses_elapsed()).then(Instant::now);
+        let (future, waits) = if tracing_debug() {
+            traced_call(&mut service, request)
+        } else {
+            (service.call(request), None)
         };
         Self {
             primary: Some(future),
             // The first attempt's timers are made only if it has to wait (see `poll`).
-            hedge_due: started.is_some() && config.hedge.is_some() && copy.is_some(),
-            phase: Phase::Running,
+            hedge_due: started.is_some() && shared.hedges && copy.is_some(),
+            phase: Phase::First,
             service,
             request: copy,
             attempt: 1,
             started: Started::new(started, shared.base),
-            waits: None,
-            span,
+            waits,
             shared,
         }
     }
 }
 
-/// The call's `retry` span, made only if a `tracing` subscriber may want it: with none, or
-/// with `DEBUG` off, a call pays nothing for it (a disabled span would still cost a few
-/// `log` checks per call when `tracing`'s `log` feature is on, as soon as any crate in the
-/// build turns it on).
+/// Whether a `tracing` subscriber may want the call's `retry` span: with none, or with
+/// `DEBUG` off, a call pays nothing for it (a disabled span would still cost a few `log`
+/// checks per call when `tracing`'s `log` feature is on, as soon as any crate in the build
+/// turns it on).
 #[inline]
-fn call_span() -> Option<Box<Span>> {
-    (Level::DEBUG <= STATIC_MAX_LEVEL && Level::DEBUG <= LevelFilter::current())
-        .then(|| Box::new(tracing::debug_span!("retry", attempt = 1u32)))
+fn tracing_debug() -> bool {
+    Level::DEBUG <= STATIC_MAX_LEVEL && Level::DEBUG <= LevelFilter::current()
+}
+
+/// Sends the first attempt inside a new `retry` span, kept in the call's [`Waits`] (out of
+/// line: the span's code stays off the path of calls without one).
+#[cold]
+#[inline(never)]
+fn traced_call<S: Service<Request>, Request>(
+    service: &mut S,
+    request: Request,
+) -> (S::Future, WaitsSlot<S::Future>) {
+    let span = tracing::debug_span!("retry", attempt = 1u32);
+    let future = {
+        let _entered = span.enter();
+        service.call(request)
+    };
+    (future, Some(new_waits(Some(span))))
 }
 
 /// Records the attempt number in the call's span, if it has one.
-fn record_attempt(span: Option<&Span>, attempt: u32) {
+fn record_attempt(span: &Option<Span>, attempt: u32) {
     if let Some(span) = span {
         span.record("attempt", attempt);
     }
@@ -280,15 +300,14 @@ where
         // The fast path: the first attempt while nothing else runs and no timer is set (no
         // hedge, no retry yet). Its success is returned at once; anything else goes to the
         // state machine, which takes over the attempt's outcome.
+        // A call with a span (in `waits`) always takes the state machine, which enters it.
         let mut first = None;
         let mut this = self.as_mut().project();
-        if this.waits.is_none()
+        if *this.phase == Phase::First
+            && this.waits.is_none()
             && let Some(primary) = this.primary.as_mut().as_pin_mut()
         {
-            let polled = {
-                let _entered = this.span.as_deref().map(Span::enter);
-                primary.poll(cx)
-            };
+            let polled = primary.poll(cx);
             let shared = &**this.shared;
             match polled {
                 Poll::Pending if !(*this.hedge_due || shared.timed) => return Poll::Pending,
@@ -297,12 +316,8 @@ where
                     this.primary.set(None);
                     match result {
                         Ok(mut response)
-                            if shared.latencies.is_none()
-                                && !first_fails(
-                                    shared,
-                                    &response,
-                                    this.started.get(shared.base),
-                                ) =>
+                            if !shared.records_latencies
+                                && !first_fails(shared, &response, *this.started) =>
                         {
                             shared.replay.record_attempts(&mut response, *this.attempt);
                             return Poll::Ready(Ok(response));
@@ -312,19 +327,24 @@ where
                 }
             }
         }
+        // One call site for everything else (several made the returned value go through
+        // the stack in pieces, which costs more than the call).
         self.poll_slow(cx, first)
     }
 }
 
 /// Whether the first attempt's `response` is a failure (to retry).
 #[inline]
-fn first_fails<C, T>(shared: &Shared<C, impl Sized>, response: &T, started: Option<Instant>) -> bool
+fn first_fails<C, T>(shared: &Shared<C, impl Sized>, response: &T, started: Started) -> bool
 where
     C: Classify<T, BoxError>,
 {
-    let elapsed = match started {
-        Some(started) if shared.classify.uses_elapsed() => started.elapsed(),
-        _ => Duration::ZERO,
+    let elapsed = if shared.classify.uses_elapsed()
+        && let Some(started) = started.get(shared.base)
+    {
+        started.elapsed()
+    } else {
+        Duration::ZERO
     };
     shared.classify.classify(Ok(response), elapsed) == Outcome::Failure
 }
@@ -344,7 +364,9 @@ where
         mut first: Polled<S::Response>,
     ) -> Poll<Result<S::Response, BoxError>> {
         let mut this = self.project();
-        let _entered = this.span.as_deref().map(Span::enter);
+        // A clone, so that the state machine below may borrow the `Waits` holding it.
+        let span = this.waits.as_ref().and_then(|waits| waits.span.clone());
+        let _entered = span.as_ref().map(Span::enter);
         let shared = &**this.shared;
         let config = &shared.config;
         let max_attempts = config.max_attempts.get();
@@ -354,7 +376,7 @@ where
         let timed_classify = shared.classify.uses_elapsed();
         loop {
             match *this.phase {
-                Phase::Running => {
+                Phase::First | Phase::Running => {
                     // The attempt and its hedge: the first outcome that is not a failure
                     // wins; a failure while the other still runs is dropped.
                     let attempt_started =
@@ -386,8 +408,9 @@ where
                     let result = match outcome {
                         Some(result) => result,
                         None => {
-                            if this.waits.is_none() && (timed || *this.hedge_due) {
+                            if *this.phase == Phase::First && (timed || *this.hedge_due) {
                                 // The first attempt has to wait: its timers start now.
+                                *this.phase = Phase::Running;
                                 let started = started.expect("timers are set only with a clock");
                                 let waits = ensure_waits(this.waits).project();
                                 if let Some(end) =
@@ -426,7 +449,7 @@ where
                                                 next_request(this.request, &shared.replay, more)
                                             {
                                                 *this.attempt += 1;
-                                                record_attempt(this.span.as_deref(), *this.attempt);
+                                                record_attempt(waits.span, *this.attempt);
                                                 tracing::debug!(attempt = *this.attempt, "hedging");
                                                 shared.emit(RetryEvent::Hedged {
                                                     attempt: *this.attempt,
@@ -519,7 +542,7 @@ where
                         }
                     }
                     *this.attempt += 1;
-                    record_attempt(this.span.as_deref(), *this.attempt);
+                    record_attempt(waits.span, *this.attempt);
                     let more = *this.attempt < max_attempts;
                     let request = next_request(this.request, &shared.replay, more)
                         .expect("a retry is only planned while a copy of the request is kept");

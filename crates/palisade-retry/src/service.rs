@@ -30,6 +30,12 @@ pub(crate) struct Shared<C, P> {
     /// Whether a call reads the clock when it starts, classifier aside (see
     /// `ResponseFuture::new`).
     pub(crate) needs_clock: bool,
+    /// Whether a call keeps a copy of its request to send again (more than one attempt).
+    pub(crate) resend: bool,
+    /// Whether calls record their latencies (`latencies` is set).
+    pub(crate) records_latencies: bool,
+    /// Whether attempts are hedged.
+    pub(crate) hedges: bool,
     /// What response futures count their start from.
     pub(crate) base: Instant,
 }
@@ -49,6 +55,9 @@ impl<C, P> Shared<C, P> {
             budget: config.budget.map(Budget::new),
             timed,
             needs_clock,
+            resend: config.max_attempts.get() > 1,
+            records_latencies: latencies.is_some(),
+            hedges: config.hedge.is_some(),
             base: Instant::now(),
             latencies,
             config,

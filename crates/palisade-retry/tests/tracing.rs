@@ -1,9 +1,10 @@
-//! Each call runs in a `retry` span whose `attempt` field follows the attempts.
+//! Each call runs in a `retry` span whose `attempt` field follows the attempts, and the inner
+//! service is called and polled inside it.
 
 mod support;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,13 +17,16 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// Remembers every value given to a span's `attempt` field, and the messages of events.
+/// Remembers every value given to a span's `attempt` field, and the messages of events
+/// with whether a span was entered when each was emitted.
 #[derive(Clone, Default)]
 struct Recorder {
     next_id: Arc<AtomicU64>,
     spans: Arc<Mutex<Vec<&'static str>>>,
     attempts: Arc<Mutex<Vec<u64>>>,
     messages: Arc<Mutex<Vec<String>>>,
+    entered: Arc<AtomicUsize>,
+    in_span: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
 struct Attempt<'a>(&'a Mutex<Vec<u64>>);
@@ -61,9 +65,19 @@ impl Subscriber for Recorder {
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
     fn event(&self, event: &Event<'_>) {
         event.record(&mut Message(&self.messages));
+        let message = self.messages.lock().unwrap().last().cloned();
+        let inside = self.entered.load(Ordering::Relaxed) > 0;
+        self.in_span
+            .lock()
+            .unwrap()
+            .push((message.unwrap_or_default(), inside));
     }
-    fn enter(&self, _span: &Id) {}
-    fn exit(&self, _span: &Id) {}
+    fn enter(&self, _span: &Id) {
+        self.entered.fetch_add(1, Ordering::Relaxed);
+    }
+    fn exit(&self, _span: &Id) {
+        self.entered.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[test]
@@ -101,5 +115,34 @@ fn the_span_records_the_attempt_number() {
     assert_eq!(
         messages.iter().filter(|m| m.as_str() == "retrying").count(),
         2
+    );
+}
+
+#[test]
+fn the_inner_service_is_called_and_polled_inside_the_span() {
+    let recorder = Recorder::default();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let service =
+                RetryLayer::new(RetryConfig::default()).layer(tower::service_fn(|n: u32| {
+                    tracing::info!("called");
+                    async move {
+                        tracing::info!("polled");
+                        Ok::<_, BoxError>(n)
+                    }
+                }));
+            // A first attempt that succeeds at once, as on the fast path without a span.
+            assert_eq!(service.oneshot(7).await.unwrap(), 7);
+        });
+    });
+    assert_eq!(*recorder.spans.lock().unwrap(), ["retry"]);
+    assert_eq!(
+        *recorder.in_span.lock().unwrap(),
+        [("called".to_owned(), true), ("polled".to_owned(), true)]
     );
 }
