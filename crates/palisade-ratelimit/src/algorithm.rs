@@ -5,7 +5,7 @@
 //! sharing one `Params`, and a remote store can run the same decision elsewhere.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use portable_atomic::AtomicU128;
@@ -17,7 +17,7 @@ use crate::limiter::{Params, Span};
 ///
 /// | algorithm | state | admits | memory |
 /// |---|---|---|---|
-/// | [`Gcra`](Self::Gcra) (default) | one 128-bit atomic, lock-free (on x86-64 and AArch64) | `burst` at once, then one unit per `window / count` | 16 bytes |
+/// | [`Gcra`](Self::Gcra) (default) | one 64-bit atomic (a whole-nanosecond interval) or a 128-bit one (any other), lock-free (on x86-64 and AArch64) | `burst` at once, then one unit per `window / count` | 32 bytes |
 /// | [`TokenBucket`](Self::TokenBucket) | level + time behind a mutex | the same as GCRA | 16 bytes |
 /// | [`SlidingWindowLog`](Self::SlidingWindowLog) | one timestamp per admission | `count` in any window of length `window` | up to `count` entries |
 /// | [`SlidingWindowCounter`](Self::SlidingWindowCounter) | two counters | `count` by a weighted estimate over the last window | 24 bytes |
@@ -26,8 +26,9 @@ use crate::limiter::{Params, Span};
 #[non_exhaustive]
 pub enum Algorithm {
     /// Generic cell rate algorithm: the whole state is one "theoretical arrival time" in an
-    /// atomic (nanoseconds and a fraction of one), advanced by a compare-exchange loop.
-    /// Exact, smooth, lock-free; the default.
+    /// atomic, advanced by a compare-exchange loop: whole nanoseconds in 64 bits when the
+    /// interval `window / count` is a whole number of nanoseconds, else nanoseconds and a
+    /// fraction of one in 128 bits. Exact, smooth, lock-free; the default.
     #[default]
     Gcra,
     /// The classic bucket: holds up to `burst` tokens, refilled at `count` per window,
@@ -86,7 +87,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     pub(crate) fn new(algorithm: Algorithm, params: &Params) -> Self {
         match algorithm {
-            Algorithm::Gcra => State::Gcra(Gcra::default()),
+            Algorithm::Gcra => State::Gcra(Gcra::new(params)),
             Algorithm::TokenBucket => State::TokenBucket(Mutex::new(Bucket {
                 level: params.capacity,
                 last: 0,
@@ -119,60 +120,6 @@ impl State {
         }
     }
 
-    /// [`check`](Self::check) for a state its caller holds exclusively (a keyed map's
-    /// entry, behind the map's lock): no atomic, no lock.
-    #[inline]
-    pub(crate) fn check_mut(
-        &mut self,
-        params: &Params,
-        now: u64,
-        cost: u32,
-        consume: bool,
-    ) -> Result<Snapshot, Limited> {
-        match self {
-            State::Gcra(gcra) => gcra.check_mut(params, now, cost, consume),
-            State::TokenBucket(bucket) => get_mut(bucket).check(params, now, cost, consume),
-            State::Log(log) => get_mut(log).check(params, now, cost, consume),
-            State::Counter(counter) => get_mut(counter).check(params, now, cost, consume),
-            State::Fixed(fixed) => get_mut(fixed).check(params, now, cost, consume),
-        }
-    }
-
-    /// When this limit is back to its full capacity, as if it had never been used (in the
-    /// limiter's nanoseconds; 0 if it already is): from then on, forgetting it changes
-    /// nothing.
-    pub(crate) fn idle_at(&mut self, params: &Params) -> u64 {
-        match self {
-            State::Gcra(gcra) => Span::unpack(*gcra.tat.get_mut(), params).ceil(),
-            State::TokenBucket(bucket) => {
-                let bucket = get_mut(bucket);
-                let missing = params.sub(params.capacity, bucket.level(params));
-                bucket.last.saturating_add(missing.ceil())
-            }
-            State::Log(log) => get_mut(log)
-                .entries
-                .back()
-                .map_or(0, |&(at, _)| at.saturating_add(params.window)),
-            State::Counter(counter) => {
-                let counter = get_mut(counter);
-                let windows = if counter.current > 0 {
-                    2
-                } else {
-                    u64::from(counter.previous > 0)
-                };
-                (counter.index + windows).saturating_mul(params.window)
-            }
-            State::Fixed(fixed) => {
-                let fixed = get_mut(fixed);
-                if fixed.used > 0 {
-                    (fixed.index + 1).saturating_mul(params.window)
-                } else {
-                    0
-                }
-            }
-        }
-    }
-
     /// Makes room for a new quota (the log's entries).
     pub(crate) fn resize(&self, params: &Params) {
         if let State::Log(log) = self {
@@ -181,10 +128,113 @@ impl State {
             log.entries.reserve(wanted);
         }
     }
+
+    /// Takes the form a new quota needs, once it is published (GCRA's exact time for a
+    /// fractional interval). Callers serialise.
+    pub(crate) fn requantize(&self, params: &Params) {
+        if let State::Gcra(gcra) = self
+            && !params.is_whole()
+        {
+            gcra.make_exact();
+        }
+    }
 }
 
-fn get_mut<T>(mutex: &mut Mutex<T>) -> &mut T {
-    mutex.get_mut().unwrap_or_else(PoisonError::into_inner)
+/// One limit's counters for a caller that holds them exclusively (a keyed map's entry,
+/// behind its shard's lock): no atomics, no locks, and small, so a map of many keys stays
+/// compact (32 bytes a limit; the sliding-window log's entries are boxed).
+#[derive(Debug)]
+pub(crate) enum Owned {
+    /// GCRA's theoretical arrival time. Under a whole-nanosecond interval its fraction stays
+    /// zero and the check runs in whole nanoseconds.
+    Gcra(Span),
+    TokenBucket(Bucket),
+    Log(Box<Log>),
+    Counter(Counter),
+    Fixed(Fixed),
+}
+
+impl Owned {
+    pub(crate) fn new(algorithm: Algorithm, params: &Params) -> Self {
+        match algorithm {
+            Algorithm::Gcra => Owned::Gcra(Span::default()),
+            Algorithm::TokenBucket => Owned::TokenBucket(Bucket {
+                level: params.capacity,
+                last: 0,
+            }),
+            Algorithm::SlidingWindowLog => Owned::Log(Box::new(Log {
+                entries: VecDeque::with_capacity(params.count as usize),
+                used: 0,
+            })),
+            Algorithm::SlidingWindowCounter => Owned::Counter(Counter::default()),
+            Algorithm::FixedWindow => Owned::Fixed(Fixed::default()),
+        }
+    }
+
+    /// Decides a check of `cost` (at most the capacity) at `now`; `consume: false` only
+    /// looks.
+    #[inline]
+    pub(crate) fn check(
+        &mut self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        match self {
+            Owned::Gcra(tat) => {
+                if params.is_whole() && tat.frac == 0 {
+                    let used = gcra_whole(params, tat.ns, now, cost)?;
+                    if consume && cost > 0 {
+                        *tat = Span::nanos(now.saturating_add(used));
+                    }
+                    return Ok(continuous(params, Span::nanos(used)));
+                }
+                let ahead = Span::unpack(tat.pack(), params);
+                let used = gcra(params, ahead, now, cost)?;
+                if consume && cost > 0 {
+                    *tat = params.add(Span::nanos(now), used);
+                }
+                Ok(continuous(params, used))
+            }
+            Owned::TokenBucket(bucket) => bucket.check(params, now, cost, consume),
+            Owned::Log(log) => log.check(params, now, cost, consume),
+            Owned::Counter(counter) => counter.check(params, now, cost, consume),
+            Owned::Fixed(fixed) => fixed.check(params, now, cost, consume),
+        }
+    }
+
+    /// When this limit is back to its full capacity, as if it had never been used (in the
+    /// limiter's nanoseconds; 0 if it already is): from then on, forgetting it changes
+    /// nothing.
+    pub(crate) fn idle_at(&self, params: &Params) -> u64 {
+        match self {
+            Owned::Gcra(tat) => Span::unpack(tat.pack(), params).ceil(),
+            Owned::TokenBucket(bucket) => {
+                let missing = params.sub(params.capacity, bucket.level(params));
+                bucket.last.saturating_add(missing.ceil())
+            }
+            Owned::Log(log) => log
+                .entries
+                .back()
+                .map_or(0, |&(at, _)| at.saturating_add(params.window)),
+            Owned::Counter(counter) => {
+                let windows = if counter.current > 0 {
+                    2
+                } else {
+                    u64::from(counter.previous > 0)
+                };
+                (counter.index + windows).saturating_mul(params.window)
+            }
+            Owned::Fixed(fixed) => {
+                if fixed.used > 0 {
+                    (fixed.index + 1).saturating_mul(params.window)
+                } else {
+                    0
+                }
+            }
+        }
+    }
 }
 
 /// The snapshot of a continuous (GCRA, token bucket) limit with `used` of its capacity
@@ -218,14 +268,30 @@ fn over(params: &Params, used: Span, held: Span) -> Limited {
     }
 }
 
-/// GCRA: the theoretical arrival time of the next unit, in the limiter's nanoseconds and a
-/// fraction of one (a [`Span`], packed). The limit is full while it lies in the past; a unit
-/// pushes it one interval (`window / count`, exactly) further; a check is refused when that
-/// would put it more than the capacity (`burst` intervals) ahead.
-#[derive(Debug, Default)]
+/// GCRA: the theoretical arrival time of the next unit, in the limiter's nanoseconds. The
+/// limit is full while it lies in the past; a unit pushes it one interval (`window / count`,
+/// exactly) further; a check is refused when that would put it more than the capacity
+/// (`burst` intervals) ahead.
+///
+/// Two forms:
+///
+/// - **whole** (an interval of whole nanoseconds, as `per_second(n)` has when `n` divides
+///   10⁹): the time in `whole`, one 64-bit atomic, advanced by a compare-exchange loop (the
+///   layout governor uses);
+/// - **exact** (any other interval): the time and a fraction of a nanosecond (a [`Span`],
+///   packed) in `exact`, a 128-bit atomic; `whole` then holds [`EXACT`].
+///
+/// A limit starts in the form its quota needs and moves from whole to exact, once, when its
+/// quota changes to one with a fractional interval (and stays exact after).
+#[derive(Debug)]
 pub(crate) struct Gcra {
-    tat: AtomicU128,
+    whole: AtomicU64,
+    exact: AtomicU128,
 }
+
+/// `Gcra::whole` once the time lives in `Gcra::exact`. A whole time never has this bit (it is
+/// clamped below it: 292 years of nanoseconds).
+const EXACT: u64 = 1 << 63;
 
 /// GCRA's decision from the theoretical arrival time `tat`: the time taken after the check.
 #[inline(always)]
@@ -240,8 +306,31 @@ fn gcra(params: &Params, tat: Span, now: u64, cost: u32) -> Result<Span, Limited
     Ok(used)
 }
 
+/// GCRA in whole nanoseconds: exact for a whole interval. (With a fractional quota read
+/// while a quota change moves the state to its exact form, the cost is rounded up and the
+/// capacity down: stricter by less than a nanosecond, for that check only.)
+#[inline(always)]
+fn gcra_whole(params: &Params, tat: u64, now: u64, cost: u32) -> Result<u64, Limited> {
+    // Zero when the arrival time is past: the limit is full.
+    let ahead = tat.saturating_sub(now);
+    // Both below 2⁶³ (the span at most a little beyond `MAX_CAPACITY`): no overflow.
+    let used = ahead + params.span(cost).ceil();
+    if used > params.capacity.ns {
+        return Err(over(params, Span::nanos(used), Span::nanos(ahead)));
+    }
+    Ok(used)
+}
+
 impl Gcra {
-    #[inline]
+    /// A full limit, in the form `params` needs.
+    pub(crate) fn new(params: &Params) -> Self {
+        Self {
+            whole: AtomicU64::new(if params.is_whole() { 0 } else { EXACT }),
+            exact: AtomicU128::new(0),
+        }
+    }
+
+    #[inline(always)]
     fn check(
         &self,
         params: &Params,
@@ -249,14 +338,43 @@ impl Gcra {
         cost: u32,
         consume: bool,
     ) -> Result<Snapshot, Limited> {
-        let mut packed = self.tat.load(Ordering::Acquire);
+        let mut tat = self.whole.load(Ordering::Acquire);
+        loop {
+            if tat & EXACT != 0 {
+                return self.check_exact(params, now, cost, consume);
+            }
+            let used = gcra_whole(params, tat, now, cost)?;
+            if !consume || cost == 0 {
+                return Ok(continuous(params, Span::nanos(used)));
+            }
+            let next = now.saturating_add(used).min(EXACT - 1);
+            match self
+                .whole
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(continuous(params, Span::nanos(used))),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// The exact form: a compare-exchange loop on the 128-bit time.
+    #[inline(never)]
+    fn check_exact(
+        &self,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Result<Snapshot, Limited> {
+        let mut packed = self.exact.load(Ordering::Acquire);
         loop {
             let used = gcra(params, Span::unpack(packed, params), now, cost)?;
             if !consume || cost == 0 {
                 return Ok(continuous(params, used));
             }
             let tat = params.add(Span::nanos(now), used);
-            match self.tat.compare_exchange_weak(
+            match self.exact.compare_exchange_weak(
                 packed,
                 tat.pack(),
                 Ordering::AcqRel,
@@ -268,21 +386,23 @@ impl Gcra {
         }
     }
 
-    /// GCRA without the compare-exchange, for a state held exclusively.
-    #[inline]
-    fn check_mut(
-        &mut self,
-        params: &Params,
-        now: u64,
-        cost: u32,
-        consume: bool,
-    ) -> Result<Snapshot, Limited> {
-        let packed = self.tat.get_mut();
-        let used = gcra(params, Span::unpack(*packed, params), now, cost)?;
-        if consume && cost > 0 {
-            *packed = params.add(Span::nanos(now), used).pack();
+    /// Moves the time to the exact form, if it is not there yet. Callers serialise (the
+    /// quota's writer lock); checks may race: a check that updated the whole time before
+    /// the move is carried over, and one after it sees [`EXACT`] and retries in the exact
+    /// form.
+    pub(crate) fn make_exact(&self) {
+        let mut tat = self.whole.load(Ordering::Acquire);
+        while tat & EXACT == 0 {
+            // Only the mover writes `exact` while `whole` is not `EXACT`.
+            self.exact.store(Span::nanos(tat).pack(), Ordering::Release);
+            match self
+                .whole
+                .compare_exchange(tat, EXACT, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => tat = actual,
+            }
         }
-        Ok(continuous(params, used))
     }
 }
 

@@ -19,7 +19,7 @@ use palisade_core::reject::Overloaded;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::algorithm::State;
+use crate::algorithm::Owned;
 use crate::config::{ConfigError, RateLimitConfig};
 use crate::decision::{KeysExhausted, Refusal, Snapshot};
 use crate::event::RateLimitEvent;
@@ -170,7 +170,7 @@ impl Hasher for Passthrough {
     }
 }
 
-type Map<K> = HashMap<Hashed<K>, State, BuildHasherDefault<Passthrough>>;
+type Map<K> = HashMap<Hashed<K>, Owned, BuildHasherDefault<Passthrough>>;
 
 /// One shard, on its own cache lines.
 #[repr(align(128))]
@@ -288,9 +288,7 @@ impl<K: Hash + Eq> Keyed<K> {
                 self.sweep(shard, &params, now, &mut outcome);
             }
             if let Some(state) = shard.map.get_mut(&key) {
-                state
-                    .check_mut(&params, now, cost, true)
-                    .map_err(Refusal::from)
+                state.check(&params, now, cost, true).map_err(Refusal::from)
             } else {
                 self.check_new(shard, key, &params, now, cost, &mut outcome)
             }
@@ -314,8 +312,8 @@ impl<K: Hash + Eq> Keyed<K> {
     ) -> Result<Snapshot, Refusal> {
         if cost == 0 {
             // Takes nothing: nothing to remember.
-            let mut state = State::new(self.limiter.algorithm(), params);
-            return Ok(state.check_mut(params, now, 0, false)?);
+            let mut state = Owned::new(self.limiter.algorithm(), params);
+            return Ok(state.check(params, now, 0, false)?);
         }
         if !self.reserve() {
             if shard.may_sweep_full(now, self.sweep_every.load(Ordering::Relaxed)) {
@@ -333,8 +331,8 @@ impl<K: Hash + Eq> Keyed<K> {
                 };
             }
         }
-        let mut state = State::new(self.limiter.algorithm(), params);
-        let decision = state.check_mut(params, now, cost, true);
+        let mut state = Owned::new(self.limiter.algorithm(), params);
+        let decision = state.check(params, now, cost, true);
         shard.first_idle = shard.first_idle.min(state.idle_at(params));
         shard.map.insert(key, state);
         Ok(decision?)
@@ -436,7 +434,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let hash = self.hasher.hash_one(&key);
         let mut shard = lock(self.shard(hash));
         let state = shard.map.get_mut(&Hashed { hash, key })?;
-        Some(match state.check_mut(&params, now, 0, false) {
+        Some(match state.check(&params, now, 0, false) {
             Ok(snapshot) => snapshot,
             Err(limited) => limited.snapshot,
         })

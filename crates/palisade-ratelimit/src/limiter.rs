@@ -112,6 +112,13 @@ impl Params {
         }
     }
 
+    /// Whether one unit takes a whole number of nanoseconds (`window % count == 0`): every
+    /// span of this quota then has no fraction.
+    #[inline(always)]
+    pub(crate) const fn is_whole(&self) -> bool {
+        self.remainder == 0
+    }
+
     /// The time `cost` units take to replenish: `cost × window / count`, exactly (at most a
     /// little beyond [`MAX_CAPACITY`], far from overflow).
     #[inline]
@@ -287,7 +294,9 @@ impl ParamsCell {
         }
     }
 
-    fn store(&self, params: &Params) {
+    /// Publishes `params`, then runs `then` (still holding the writer lock: changes and
+    /// their follow-ups are serialised).
+    fn store(&self, params: &Params, then: impl FnOnce()) {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let sequence = self.sequence.load(Ordering::Relaxed);
         self.sequence.store(sequence + 1, Ordering::Relaxed);
@@ -296,6 +305,7 @@ impl ParamsCell {
             word.store(value, Ordering::Relaxed);
         }
         self.sequence.store(sequence + 2, Ordering::Release);
+        then();
     }
 }
 
@@ -362,6 +372,11 @@ impl Limiter {
     /// `cost` if the limiter can ever hold it.
     #[inline(always)]
     pub(crate) fn fits(&self, params: &Params, cost: u32) -> Result<(), InsufficientCapacity> {
+        // Every limiter holds at least one unit: a unit cost (the layer's default) needs no
+        // look at the algorithm.
+        if cost <= 1 {
+            return Ok(());
+        }
         let capacity = params.capacity_units(self.algorithm);
         if cost > capacity {
             return Err(InsufficientCapacity { cost, capacity });
@@ -377,7 +392,8 @@ impl Limiter {
         check_fits(&quota, self.algorithm)?;
         let params = Params::new(&quota);
         self.state.resize(&params);
-        self.params.store(&params);
+        self.params
+            .store(&params, || self.state.requantize(&params));
         Ok(())
     }
 

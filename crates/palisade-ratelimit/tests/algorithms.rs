@@ -448,6 +448,72 @@ async fn a_new_quota_applies_to_the_next_checks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn gcra_carries_its_state_over_quota_changes_between_whole_and_fractional_intervals() {
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    // 500 ms per unit: whole nanoseconds.
+    let limiter = RateLimiter::new(Quota::per_second(nz(2)));
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_err());
+    // A third of a second per unit: not a whole number of nanoseconds. Capacity 1 s, of
+    // which the two units taken hold all.
+    limiter.set_quota(Quota::per_second(nz(3))).unwrap();
+    assert!(limiter.check().is_err(), "what was taken still counts");
+    tokio::time::advance(Duration::from_millis(334)).await;
+    assert!(limiter.check().is_ok());
+    assert!(limiter.check().is_err());
+    // 250 ms per unit, whole again: 1 s minus 1/3 ms is held, so one more unit fits after
+    // 250 ms, not before.
+    limiter.set_quota(Quota::per_second(nz(4))).unwrap();
+    assert!(limiter.check().is_err(), "what was taken still counts");
+    tokio::time::advance(Duration::from_millis(249)).await;
+    assert!(limiter.check().is_err());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let snapshot = limiter.check().unwrap();
+    assert_eq!(snapshot.remaining(), 0);
+    assert!(limiter.check().is_err());
+}
+
+#[test]
+fn checks_racing_a_quota_change_to_a_fractional_interval_take_no_more_than_the_burst() {
+    let nz = |n| NonZeroU32::new(n).unwrap();
+    // 1,000 per hour: 3.6 s per unit, whole nanoseconds. The new quota's window is one
+    // nanosecond longer: a fractional interval, so GCRA's state changes form while four
+    // threads check. Real time here (no runtime): the bound allows for it.
+    let limiter = RateLimiter::new(Quota::per_hour(nz(1_000)));
+    let fractional = Quota::new(
+        nz(1_000),
+        Duration::from_secs(3_600) + Duration::from_nanos(1),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..600 {
+                    if limiter.check().is_ok() {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::yield_now();
+        limiter.set_quota(fractional).unwrap();
+    });
+    let replenished = start.elapsed().as_nanos() / 3_600_000_000 + 1;
+    let admitted = u128::from(admitted.into_inner());
+    assert!(
+        admitted <= 1_000 + replenished,
+        "{admitted} admitted: the burst and {replenished} replenished at most"
+    );
+    if start.elapsed() < Duration::from_millis(3_600) {
+        // (Nothing replenished yet.)
+        assert!(limiter.check().is_err(), "the burst is spent");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_zero_cost_check_always_passes_and_takes_nothing() {
     let limiter = RateLimiter::new(Quota::per_second(NonZeroU32::new(1).unwrap()));
     assert!(limiter.check().is_ok());

@@ -228,3 +228,24 @@ async fn a_cost_above_the_capacity_is_refused_for_every_key() {
     assert!(limiter.check_n(1, 0).is_ok());
     assert_eq!(limiter.keys(), 0, "a free check remembers nothing");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_change_to_a_fractional_interval_keeps_what_each_key_took() {
+    // One per second is a whole number of nanoseconds per unit; three per second is not, so
+    // each key's GCRA state changes form at its next check, and must carry its time over.
+    let limiter = KeyedRateLimiter::new(per_second(1));
+    assert!(limiter.check("a").is_ok());
+    assert!(limiter.check("a").is_err());
+    limiter.set_quota(per_second(3)).unwrap();
+    assert!(
+        limiter.check("a").is_err(),
+        "the unit a took a moment ago still counts"
+    );
+    tokio::time::advance(Duration::from_millis(334)).await;
+    assert!(limiter.check("a").is_ok(), "a third of a second later");
+    assert!(limiter.check("a").is_err());
+    for _ in 0..3 {
+        assert!(limiter.check("b").is_ok(), "b starts with the new burst");
+    }
+    assert!(limiter.check("b").is_err());
+}
