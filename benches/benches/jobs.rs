@@ -1,23 +1,34 @@
 //! No-op jobs end to end, side by side in one run (issue 8's benchmark):
 //!
 //! ```sh
-//! cargo bench -p palisade-benches --bench jobs -- [BACKLOG...]   # default: 20000 200000
+//! cargo bench -p palisade-benches --bench jobs -- [BACKLOG...] [sqlite|postgres] [palisade|floor|apalis]
 //! ```
 //!
-//! For each backlog and backend, every contender gets a fresh database and measures the
+//! Backlogs default to 20000 and 200000; the words pick backends and contenders (default:
+//! all). For each backlog and backend, every contender gets a fresh database and measures the
 //! enqueue rate one job at a time (2,000 jobs) and in batches of 1,000 (the rest of the
 //! backlog), the end-to-end rate at which one worker drains the whole backlog (from the
 //! worker's start to the last completion), and the pickup latency (enqueue call to handler
 //! start) of jobs enqueued one at a time into an idle worker, p50 / p99.
 //!
+//! Each row runs in a child process of its own (this binary again, with `--row`), which exits
+//! when its numbers are printed: nothing a contender leaves running (an apalis worker cut off
+//! after its time keeps draining in tasks of its own) shares the two cores with the next row.
+//! Each PostgreSQL database is dropped and the server checkpointed before the next row.
+//!
 //! - `palisade`: `palisade-jobs` (one worker, concurrency 200, claims of 100).
 //! - `apalis`: apalis 1.0 (`apalis-sqlite` / `apalis-postgres` 1.0) with its defaults (batch
 //!   size 10, no concurrency limit) and with `batch_size(100)`. Its drain is cut off after
 //!   [`PEER_CAP`]; the rate is then what it processed in that time. Its pickup latency is
-//!   measured once (first backlog, fresh storage, [`PEER_PICKUPS`] samples): it polls.
+//!   measured once (first backlog, fresh storage, [`PEER_PICKUPS`] samples, a child process
+//!   of its own): it polls.
 //! - `floor` (PostgreSQL only): a hand-written sqlx loop on its own table that claims 100
 //!   pending jobs with `FOR UPDATE SKIP LOCKED` (marking them running), and marks them done
 //!   in a second statement: two round trips and two commits per 100 jobs.
+//!
+//! For the PostgreSQL drains the note gives what the drain cost the server: transactions
+//! that wrote (each one a WAL flush at its commit) and WAL bytes per job, and the `NOTIFY`s
+//! sent on the queue's channel meanwhile.
 //!
 //! Durability: PostgreSQL is the testkit's private server started durable (`fsync=on`,
 //! `synchronous_commit=on`). SQLite runs in WAL mode with `synchronous=NORMAL` for every
@@ -90,7 +101,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (Option<Duration>, Option<Duration
 
 // ---- palisade-jobs ----
 
-async fn palisade(jobs: Jobs, backlog: u64) -> Row {
+async fn palisade(jobs: Jobs, backlog: u64, url: Option<&str>) -> Row {
     let started = Instant::now();
     for n in 0..SINGLE {
         jobs.enqueue(&Noop { n }).await.unwrap();
@@ -108,6 +119,10 @@ async fn palisade(jobs: Jobs, backlog: u64) -> Row {
     }
     let batched = (backlog - SINGLE) as f64 / started.elapsed().as_secs_f64();
 
+    let probe = match url {
+        Some(url) => Some(Probe::start(url, "palisade_jobs").await),
+        None => None,
+    };
     let started = Instant::now();
     let worker = Worker::builder(&jobs)
         .queue("default", 200)
@@ -124,6 +139,10 @@ async fn palisade(jobs: Jobs, backlog: u64) -> Row {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let processed = backlog as f64 / started.elapsed().as_secs_f64();
+    let note = match probe {
+        Some(probe) => probe.finish(backlog).await,
+        None => String::new(),
+    };
     assert_eq!(
         worker.shutdown(Duration::from_secs(5)).await.processed,
         backlog
@@ -154,7 +173,7 @@ async fn palisade(jobs: Jobs, backlog: u64) -> Row {
         single,
         batched,
         processed,
-        note: String::new(),
+        note,
         p50,
         p99,
     }
@@ -182,50 +201,65 @@ async fn apalis_noop(_: Noop, ctx: WorkerContext) -> Result<(), BoxDynError> {
 /// fresh database (evaluated twice: drain, then pickup). A macro, since apalis's worker
 /// bounds are long to spell out generically.
 macro_rules! apalis_run {
-    ($storage:expr, $backlog:expr, $pickup:expr) => {{
+    ($storage:expr, $backlog:expr, $drain:expr, $pickup:expr, $url:expr) => {{
         let backlog: u64 = $backlog;
-        let mut storage = $storage;
-        let started = Instant::now();
-        for n in 0..SINGLE {
-            storage.push(Noop { n }).await.unwrap();
-        }
-        let single = SINGLE as f64 / started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        let mut n = SINGLE;
-        while n < backlog {
-            let batch: Vec<Noop> = (n..(n + BATCH).min(backlog)).map(|n| Noop { n }).collect();
-            n += batch.len() as u64;
-            storage.push_bulk(batch).await.unwrap();
-        }
-        let batched = (backlog - SINGLE) as f64 / started.elapsed().as_secs_f64();
-
-        APALIS_DONE.store(0, Ordering::Relaxed);
-        APALIS_TARGET.store(backlog, Ordering::Relaxed);
-        let worker = WorkerBuilder::new("bench")
-            .backend(storage.clone())
-            .build(apalis_noop);
-        let started = Instant::now();
-        let mut run = tokio::spawn(worker.run());
-        let note = match tokio::time::timeout(PEER_CAP, &mut run).await {
-            Ok(result) => {
-                result.unwrap().unwrap();
-                String::new()
+        let (single, batched, processed, note) = if $drain {
+            let mut storage = $storage;
+            let started = Instant::now();
+            for n in 0..SINGLE {
+                storage.push(Noop { n }).await.unwrap();
             }
-            Err(_) => {
-                run.abort();
-                format!(
-                    "(cut off after {}s: {} of {backlog})",
-                    PEER_CAP.as_secs(),
-                    APALIS_DONE.load(Ordering::Relaxed)
-                )
+            let single = SINGLE as f64 / started.elapsed().as_secs_f64();
+
+            let started = Instant::now();
+            let mut n = SINGLE;
+            while n < backlog {
+                let batch: Vec<Noop> = (n..(n + BATCH).min(backlog)).map(|n| Noop { n }).collect();
+                n += batch.len() as u64;
+                storage.push_bulk(batch).await.unwrap();
             }
+            let batched = (backlog - SINGLE) as f64 / started.elapsed().as_secs_f64();
+
+            APALIS_DONE.store(0, Ordering::Relaxed);
+            APALIS_TARGET.store(backlog, Ordering::Relaxed);
+            let worker = WorkerBuilder::new("bench")
+                .backend(storage.clone())
+                .build(apalis_noop);
+            let url: Option<&str> = $url;
+            let probe = match url {
+                Some(url) => Some(Probe::start(url, "apalis").await),
+                None => None,
+            };
+            let started = Instant::now();
+            let mut run = tokio::spawn(worker.run());
+            let note = match tokio::time::timeout(PEER_CAP, &mut run).await {
+                Ok(result) => {
+                    result.unwrap().unwrap();
+                    String::new()
+                }
+                Err(_) => {
+                    run.abort();
+                    format!(
+                        "(cut off after {}s: {} of {backlog})",
+                        PEER_CAP.as_secs(),
+                        APALIS_DONE.load(Ordering::Relaxed)
+                    )
+                }
+            };
+            let done = APALIS_DONE.load(Ordering::Relaxed);
+            let processed = done as f64 / started.elapsed().as_secs_f64();
+            let note = match probe {
+                Some(probe) => format!("{} {note}", probe.finish(done).await),
+                None => note,
+            };
+            APALIS_TARGET.store(u64::MAX, Ordering::Relaxed);
+            (single, batched, processed, note)
+        } else {
+            (0.0, 0.0, 0.0, String::new())
         };
-        let processed =
-            APALIS_DONE.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-        APALIS_TARGET.store(u64::MAX, Ordering::Relaxed);
 
-        // Pickup into an idle worker, on a fresh storage (so once, not per backlog).
+        // Pickup into an idle worker, on a fresh storage, in a process of its own (so once,
+        // not per backlog, and with no drain still running).
         let mut pickups = Vec::new();
         if $pickup {
             let mut storage = $storage;
@@ -269,7 +303,7 @@ macro_rules! apalis_config {
     };
 }
 
-async fn apalis_sqlite(backlog: u64, batch: Option<usize>, pickup: bool) -> Row {
+async fn apalis_sqlite(backlog: u64, batch: Option<usize>, drain: bool, pickup: bool) -> Row {
     use apalis_sqlite::{Config, SqliteConnectOptions, SqlitePool, SqliteStorage};
     let dir = tempfile::tempdir().unwrap();
     let counter = AtomicU64::new(0);
@@ -289,17 +323,23 @@ async fn apalis_sqlite(backlog: u64, batch: Option<usize>, pickup: bool) -> Row 
         let pool = SqlitePool::connect_with(options).await.unwrap();
         SqliteStorage::<Noop>::new(&pool).with_config(apalis_config!(Config, batch))
     };
-    apalis_run!(fresh().await, backlog, pickup)
+    apalis_run!(fresh().await, backlog, drain, pickup, None)
 }
 
-async fn apalis_postgres(url: &str, backlog: u64, batch: Option<usize>, pickup: bool) -> Row {
+async fn apalis_postgres(
+    url: &str,
+    backlog: u64,
+    batch: Option<usize>,
+    drain: bool,
+    pickup: bool,
+) -> Row {
     use apalis_postgres::{Config, PgPool, PostgresStorage};
     let fresh = || async {
         let pool = PgPool::connect(url).await.unwrap();
         PostgresStorage::setup(&pool).await.unwrap();
         PostgresStorage::<Noop>::new(&pool).with_config(apalis_config!(Config, batch))
     };
-    apalis_run!(fresh().await, backlog, pickup)
+    apalis_run!(fresh().await, backlog, drain, pickup, Some(url))
 }
 
 // ---- the floor ----
@@ -346,6 +386,7 @@ async fn floor(url: &str, backlog: u64) -> Row {
     }
     let batched = (backlog - SINGLE) as f64 / started.elapsed().as_secs_f64();
 
+    let probe = Probe::start(url, "floor").await;
     let started = Instant::now();
     let mut done = 0;
     loop {
@@ -378,30 +419,209 @@ async fn floor(url: &str, backlog: u64) -> Row {
     }
     assert_eq!(done, backlog);
     let processed = backlog as f64 / started.elapsed().as_secs_f64();
+    let note = probe.finish(backlog).await;
     Row {
         single,
         batched,
         processed,
-        note: String::new(),
+        note,
         p50: None,
         p99: None,
     }
 }
 
-async fn fresh_pg(server: &palisade_testkit::PostgresServer) -> String {
-    server.fresh_database().await.unwrap()
+// ---- what a PostgreSQL drain costs the server ----
+
+/// Counts, around a PostgreSQL drain, the transactions that wrote (each one a WAL flush at
+/// its commit: the transaction ids drawn), the WAL written and the `NOTIFY`s sent on the
+/// queue's channel.
+struct Probe {
+    conn: sqlx::PgConnection,
+    xid: i64,
+    lsn: i64,
+    notified: std::sync::Arc<AtomicU64>,
+    listening: tokio::task::JoinHandle<()>,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    // `cargo bench` passes `--bench`; every other argument is a backlog.
-    let mut backlogs: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
+impl Probe {
+    async fn start(url: &str, channel: &str) -> Self {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
+        listener.listen(channel).await.unwrap();
+        let notified = std::sync::Arc::new(AtomicU64::new(0));
+        let count = std::sync::Arc::clone(&notified);
+        let listening = tokio::spawn(async move {
+            while listener.recv().await.is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let (xid, lsn) = Self::read(&mut conn).await;
+        Self {
+            conn,
+            xid,
+            lsn,
+            notified,
+            listening,
+        }
+    }
+
+    async fn read(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8, \
+             (pg_current_wal_lsn() - '0/0')::int8",
+        )
+        .fetch_one(conn)
+        .await
+        .unwrap()
+    }
+
+    /// "commits/job, WAL bytes/job, notifies" for `jobs` jobs.
+    async fn finish(mut self, jobs: u64) -> String {
+        let (xid, lsn) = Self::read(&mut self.conn).await;
+        // Let the last notifications arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.listening.abort();
+        let jobs = jobs.max(1) as f64;
+        format!(
+            "[{:.3} commits/job, {:.0} WAL B/job, {} NOTIFY]",
+            (xid - self.xid) as f64 / jobs,
+            (lsn - self.lsn) as f64 / jobs,
+            self.notified.load(Ordering::Relaxed)
+        )
+    }
+}
+
+// ---- one row per child process ----
+
+/// The contenders, by the name the parent passes to a child.
+const CONTENDERS: &[(&str, &str, &str)] = &[
+    ("sqlite", "palisade", "palisade"),
+    ("sqlite", "apalis-default", "apalis default"),
+    ("sqlite", "apalis-100", "apalis batch 100"),
+    ("postgres", "palisade", "palisade"),
+    ("postgres", "floor", "floor (sqlx)"),
+    ("postgres", "apalis-default", "apalis default"),
+    ("postgres", "apalis-100", "apalis batch 100"),
+];
+
+/// A child's work: one contender, one backlog, on a fresh database (`url` for PostgreSQL).
+async fn row(backend: &str, contender: &str, backlog: u64, mode: &str, url: &str) -> Row {
+    let drain = mode != "pickup";
+    let pickup = mode != "drain";
+    match (backend, contender) {
+        ("sqlite", "palisade") => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::connect(SqliteConfig::new(dir.path().join("jobs.db")))
+                .await
+                .unwrap();
+            palisade(Jobs::new(store), backlog, None).await
+        }
+        ("sqlite", "apalis-default") => apalis_sqlite(backlog, None, drain, pickup).await,
+        ("sqlite", "apalis-100") => apalis_sqlite(backlog, Some(100), drain, pickup).await,
+        ("postgres", "palisade") => {
+            let store = PostgresStore::connect(url).await.unwrap();
+            palisade(Jobs::new(store), backlog, Some(url)).await
+        }
+        ("postgres", "floor") => floor(url, backlog).await,
+        ("postgres", "apalis-default") => apalis_postgres(url, backlog, None, drain, pickup).await,
+        ("postgres", "apalis-100") => apalis_postgres(url, backlog, Some(100), drain, pickup).await,
+        other => panic!("no contender {other:?}"),
+    }
+}
+
+/// The child: `jobs --row BACKEND CONTENDER BACKLOG MODE [URL]`, where MODE is `drain`,
+/// `pickup` or `both` (our queue measures both in one process: its worker stops cleanly). Prints one line,
+/// `ROW` and the numbers, tab-separated, and exits at once, so that nothing the contender
+/// left running (an apalis worker cut off after its time keeps draining in tasks of its
+/// own) shares the cores with the next row.
+fn child(args: &[String]) -> ! {
+    let [backend, contender, backlog, mode, rest @ ..] = args else {
+        panic!("usage: jobs --row BACKEND CONTENDER BACKLOG MODE [URL]");
+    };
+    let backlog: u64 = backlog.parse().unwrap();
+    let url = rest.first().cloned().unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let row = runtime.block_on(row(backend, contender, backlog, mode, &url));
+    let us = |d: Option<Duration>| d.map_or("-".to_owned(), |d| d.as_micros().to_string());
+    println!(
+        "ROW\t{}\t{}\t{}\t{}\t{}\t{}",
+        row.single,
+        row.batched,
+        row.processed,
+        us(row.p50),
+        us(row.p99),
+        row.note
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush().unwrap();
+    std::process::exit(0);
+}
+
+/// Runs one row in a child process and parses its line.
+fn run_child(backend: &str, contender: &str, backlog: u64, mode: &str, url: &str) -> Row {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--row", backend, contender, &backlog.to_string(), mode, url])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|line| line.starts_with("ROW\t"));
+    let Some(line) = line.filter(|_| output.status.success()) else {
+        return Row {
+            single: 0.0,
+            batched: 0.0,
+            processed: 0.0,
+            note: format!("(failed: {}; {stdout})", output.status),
+            p50: None,
+            p99: None,
+        };
+    };
+    let fields: Vec<&str> = line.split('\t').collect();
+    let us = |field: &str| field.parse().ok().map(Duration::from_micros);
+    Row {
+        single: fields[1].parse().unwrap(),
+        batched: fields[2].parse().unwrap(),
+        processed: fields[3].parse().unwrap(),
+        p50: us(fields[4]),
+        p99: us(fields[5]),
+        note: fields.get(6).copied().unwrap_or_default().to_owned(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|arg| arg == "--row") {
+        child(&args[at + 1..]);
+    }
+    // `cargo bench` passes `--bench`; every other number is a backlog, every other word
+    // picks contenders (`sqlite`, `postgres`, `palisade`, `floor`, `apalis`; default all).
+    let mut backlogs: Vec<u64> = args.iter().filter_map(|arg| arg.parse().ok()).collect();
     if backlogs.is_empty() {
         backlogs = vec![20_000, 200_000];
     }
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|arg| !arg.starts_with('-') && arg.parse::<u64>().is_err())
+        .collect();
+    let picked = |backend: &str, contender: &str| {
+        let backends = words.iter().filter(|w| ["sqlite", "postgres"].contains(w));
+        let backend_ok = backends.clone().count() == 0 || backends.clone().any(|w| *w == backend);
+        let others: Vec<&&str> = words
+            .iter()
+            .filter(|w| !["sqlite", "postgres"].contains(w))
+            .collect();
+        backend_ok && (others.is_empty() || others.iter().any(|w| contender.starts_with(**w)))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let server = match palisade_testkit::PostgresServer::start_durable() {
         Ok(server) => Some(server),
         Err(error) => {
@@ -415,55 +635,57 @@ async fn main() {
     );
     for (i, &backlog) in backlogs.iter().enumerate() {
         let pickup = i == 0;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::connect(SqliteConfig::new(dir.path().join("jobs.db")))
-            .await
-            .unwrap();
-        print(
-            "sqlite",
-            backlog,
-            "palisade",
-            &palisade(Jobs::new(store), backlog).await,
-        );
-        print(
-            "sqlite",
-            backlog,
-            "apalis default",
-            &apalis_sqlite(backlog, None, pickup).await,
-        );
-        print(
-            "sqlite",
-            backlog,
-            "apalis batch 100",
-            &apalis_sqlite(backlog, Some(100), pickup).await,
-        );
-        if let Some(server) = &server {
-            let url = fresh_pg(server).await;
-            let store = PostgresStore::connect(&url).await.unwrap();
-            print(
-                "postgres",
-                backlog,
-                "palisade",
-                &palisade(Jobs::new(store), backlog).await,
-            );
-            print(
-                "postgres",
-                backlog,
-                "floor (sqlx)",
-                &floor(&fresh_pg(server).await, backlog).await,
-            );
-            print(
-                "postgres",
-                backlog,
-                "apalis default",
-                &apalis_postgres(&fresh_pg(server).await, backlog, None, pickup).await,
-            );
-            print(
-                "postgres",
-                backlog,
-                "apalis batch 100",
-                &apalis_postgres(&fresh_pg(server).await, backlog, Some(100), pickup).await,
-            );
+        for &(backend, contender, label) in CONTENDERS {
+            if !picked(backend, contender) {
+                continue;
+            }
+            if backend == "postgres" && server.is_none() {
+                continue;
+            }
+            // On a fresh database each; PostgreSQL's dropped afterwards.
+            let run = |mode: &str| match &server {
+                Some(server) if backend == "postgres" => {
+                    let url = runtime.block_on(server.fresh_database()).unwrap();
+                    let row = run_child(backend, contender, backlog, mode, &url);
+                    runtime.block_on(settle(server.url(), &url));
+                    row
+                }
+                _ => run_child(backend, contender, backlog, mode, ""),
+            };
+            let row = if contender == "palisade" {
+                run("both")
+            } else if pickup && contender.starts_with("apalis") {
+                let drained = run("drain");
+                let picked = run("pickup");
+                Row {
+                    p50: picked.p50,
+                    p99: picked.p99,
+                    note: format!("{} {}", drained.note, picked.note)
+                        .trim()
+                        .to_owned(),
+                    ..drained
+                }
+            } else {
+                run("drain")
+            };
+            print(backend, backlog, label, &row);
         }
     }
+}
+
+/// Drops a finished row's database and checkpoints, so that the next row starts on a quiet
+/// server (no autovacuum of the last row's table, no checkpoint due).
+async fn settle(admin: &str, url: &str) {
+    use sqlx::Connection as _;
+    let name = url.rsplit('/').next().unwrap();
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    // Two statements: DROP DATABASE cannot run in a multi-statement query's transaction.
+    sqlx::raw_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("CHECKPOINT")
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

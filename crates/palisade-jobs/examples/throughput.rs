@@ -7,8 +7,16 @@
 //! For each backend: the enqueue rate one job at a time and in batches of 1,000, the
 //! end-to-end rate at which one worker (concurrency 200, claims of 100) drains a backlog of
 //! `JOBS` (default 20,000), and the pickup latency (enqueue call to handler start) of jobs
-//! enqueued one at a time into an idle worker, p50 / p99. SQLite runs with `synchronous=NORMAL`
-//! in WAL mode; the testkit's PostgreSQL runs with `fsync=off`.
+//! enqueued one at a time into an idle worker, p50 / p99.
+//!
+//! Commits are durable: SQLite runs in WAL mode with `synchronous=NORMAL` (a commit survives
+//! a crash of the process; only a power loss can take the last ones), and the testkit's
+//! private PostgreSQL is started with [`start_durable`] (`fsync=on`,
+//! `synchronous_commit=on`: every commit waits for its WAL flush), as in production. The
+//! side-by-side numbers, next to apalis and a hand-written floor, come from
+//! `cargo bench -p palisade-benches --bench jobs`.
+//!
+//! [`start_durable`]: palisade_testkit::PostgresServer::start_durable
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,8 +128,12 @@ async fn main() {
         measure("sqlite", Jobs::new(store), backlog).await;
     }
     if which == "postgres" || which == "both" {
-        let Some(server) = palisade_testkit::PostgresServer::start_or_skip() else {
-            return;
+        let server = match palisade_testkit::PostgresServer::start_durable() {
+            Ok(server) => server,
+            Err(error) => {
+                println!("postgres: skipped: {error}");
+                return;
+            }
         };
         let url = server.fresh_database().await.unwrap();
         let store = PostgresStore::connect(&url).await.unwrap();

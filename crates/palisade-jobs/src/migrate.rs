@@ -31,6 +31,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/sqlite/0002_periodic.sql"),
         postgres: include_str!("migrations/postgres/0002_periodic.sql"),
     },
+    Migration {
+        version: 3,
+        description: "autovacuum the jobs table early",
+        sqlite: include_str!("migrations/sqlite/0003_autovacuum.sql"),
+        postgres: include_str!("migrations/postgres/0003_autovacuum.sql"),
+    },
 ];
 
 /// The newest version this crate knows.

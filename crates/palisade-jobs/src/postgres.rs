@@ -503,10 +503,10 @@ impl Store for PostgresStore {
     fn insert<'a>(&'a self, jobs: &'a [NewJob]) -> BoxFuture<'a, Result<Vec<Enqueued>>> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
-            let enqueued = insert_on(&mut conn, jobs).await?;
-            // Wake this process's workers at once, without waiting for the NOTIFY round trip.
-            self.signals.jobs_available();
-            Ok(enqueued)
+            // The insert's NOTIFY wakes the workers, this process's too: one wake-up per
+            // enqueue. A second, in-process one would arrive at about the same time and make
+            // a worker claim again, for nothing, and record its finished outcomes early.
+            insert_on(&mut conn, jobs).await
         })
     }
 

@@ -3,6 +3,9 @@
 //! One worker serves one or more queues, each with its own concurrency. Per queue, one task
 //! claims batches (`min(claim batch, free slots)`), runs each job's handler in a task of its
 //! own (inside a `tracing` span), and records outcomes in batches, fenced by the lease token.
+//! Outcomes ride along with the next claim (one statement and one commit for both); when
+//! there is nothing to claim they wait up to the completion interval (50 ms) or until a claim
+//! batch of them is ready, so a commit is paid per batch, not per job.
 //! No database transaction is open while a handler runs. While jobs run, the worker
 //! heartbeats their leases; a lease it finds lost (rescued after expiry, or cancelled) stops
 //! the handler. One more task per worker rescues the jobs of lost workers (expired leases) and
@@ -53,6 +56,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How many jobs one claim takes at most, unless [`WorkerBuilder::claim_batch`] says
 /// otherwise: 100.
 pub const DEFAULT_CLAIM_BATCH: u32 = 100;
+/// How long a finished job's outcome may wait to be recorded with others, unless
+/// [`WorkerBuilder::completion_interval`] says otherwise: 50 ms.
+pub const DEFAULT_COMPLETION_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The default delays between attempts of a failed job: exponential from 1 s, factor 2,
 /// capped at 10 minutes, with equal jitter.
@@ -76,6 +82,7 @@ struct Config {
     heartbeat: Duration,
     poll_interval: Duration,
     claim_batch: u32,
+    completion_interval: Duration,
     rescue_interval: Duration,
     stats_interval: Option<Duration>,
     retry_backoff: Backoff,
@@ -85,7 +92,8 @@ struct Config {
 /// Builds a [`Worker`]; made by [`Worker::builder`].
 ///
 /// The defaults: lease 10 s ([`DEFAULT_LEASE`]), heartbeat every third of the lease, rescue
-/// pass every quarter of the lease, poll every 1 s, claims of up to 100 jobs, retries after
+/// pass every quarter of the lease, poll every 1 s, claims of up to 100 jobs, outcomes
+/// recorded with the next claim or within 50 ms, retries after
 /// [`default_retry_backoff`], store errors retried after [`default_store_backoff`], queue
 /// depth reported every 10 s.
 pub struct WorkerBuilder {
@@ -99,6 +107,7 @@ pub struct WorkerBuilder {
     heartbeat: Option<Duration>,
     poll_interval: Duration,
     claim_batch: u32,
+    completion_interval: Duration,
     rescue_interval: Option<Duration>,
     stats_interval: Option<Duration>,
     retry_backoff: Backoff,
@@ -200,6 +209,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long a finished job's outcome may wait to be recorded together with others
+    /// (default 50 ms, [`DEFAULT_COMPLETION_INTERVAL`]).
+    ///
+    /// Outcomes always ride along with the next claim (one statement, one commit for both),
+    /// so a busy queue records them at once. When the worker has nothing to claim, they wait
+    /// up to this long, or until a claim batch of them is ready, so that a trickle of jobs
+    /// costs one commit per interval instead of one per job, and that commit does not delay
+    /// the next enqueue and claim (a durable commit waits for a disk flush). The job stays
+    /// `running`, its lease renewed, until its outcome is recorded; stopping the worker records
+    /// at once. `Duration::ZERO` records every outcome as soon as the worker sees it.
+    #[must_use]
+    pub const fn completion_interval(mut self, every: Duration) -> Self {
+        self.completion_interval = every;
+        self
+    }
+
     /// How often to look for expired leases to rescue (default a quarter of the lease).
     #[must_use]
     pub const fn rescue_interval(mut self, every: Duration) -> Self {
@@ -283,6 +308,7 @@ impl WorkerBuilder {
                 heartbeat,
                 poll_interval: self.poll_interval,
                 claim_batch: self.claim_batch,
+                completion_interval: self.completion_interval,
                 rescue_interval,
                 stats_interval: self.stats_interval,
                 retry_backoff: self.retry_backoff,
@@ -421,6 +447,7 @@ impl Worker {
             heartbeat: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             claim_batch: DEFAULT_CLAIM_BATCH,
+            completion_interval: DEFAULT_COMPLETION_INTERVAL,
             rescue_interval: None,
             stats_interval: Some(Duration::from_secs(10)),
             retry_backoff: default_retry_backoff(),
@@ -554,6 +581,18 @@ struct Finished {
     run_time: Duration,
 }
 
+/// At most this many claims of one queue are on their way to the store at once, while the
+/// last claim took all it asked for (a backlog): while one waits for its commit's disk flush,
+/// the next one runs.
+const CLAIMS_IN_FLIGHT: usize = 2;
+
+/// A claim, with the outcomes it carried, back from the store.
+struct ClaimDone {
+    limit: u32,
+    sent: Vec<Finished>,
+    result: Result<(Vec<Lease>, Vec<Claimed>), Error>,
+}
+
 /// One queue of a worker: claims, runs, records.
 struct QueueLoop {
     shared: Arc<Shared>,
@@ -563,6 +602,16 @@ struct QueueLoop {
     running: HashMap<tokio::task::Id, Running>,
     by_job: HashMap<JobId, tokio::task::Id>,
     finished: Vec<Finished>,
+    /// When the oldest outcome in `finished` must be recorded.
+    record_by: Option<Instant>,
+    /// Claims on their way to the store.
+    claims: JoinSet<ClaimDone>,
+    /// Slots held for the jobs the claims in flight may bring.
+    reserved: usize,
+    /// The leases of the outcomes the claims in flight carry.
+    sending: std::collections::HashSet<Lease>,
+    /// Whether the last claim took all it asked for: more may be waiting, so claims overlap.
+    backlog: bool,
     store_delays: palisade_core::backoff::Delays,
     /// While the store fails: no store call before this instant.
     backoff_until: Option<Instant>,
@@ -579,6 +628,11 @@ impl QueueLoop {
             running: HashMap::new(),
             by_job: HashMap::new(),
             finished: Vec::new(),
+            record_by: None,
+            claims: JoinSet::new(),
+            reserved: 0,
+            sending: std::collections::HashSet::new(),
+            backlog: false,
             store_delays,
             backoff_until: None,
         }
@@ -608,66 +662,46 @@ impl QueueLoop {
             if store_ready {
                 self.backoff_until = None;
             }
-            let free = self.concurrency.saturating_sub(self.running.len());
-            let mut claimed_all = false;
+            let free = self
+                .concurrency
+                .saturating_sub(self.running.len() + self.reserved);
             if signals.jobs_sent() != signals_seen {
                 next_poll = Instant::now();
             }
-            let claim = !stopping && free > 0 && store_ready && Instant::now() >= next_poll;
-            let record = store_ready && !self.finished.is_empty();
+            // One claim at a time, or a few overlapping ones while there is a backlog.
+            let may_send =
+                self.claims.is_empty() || (self.backlog && self.claims.len() < CLAIMS_IN_FLIGHT);
+            let claim =
+                !stopping && free > 0 && store_ready && may_send && Instant::now() >= next_poll;
             if claim {
                 signals_seen = signals.jobs_sent();
                 let limit = u32::try_from(free)
                     .unwrap_or(u32::MAX)
                     .min(config.claim_batch);
-                let claimed = if record {
-                    // One round trip for both.
-                    let outcomes = self.outcomes();
-                    match shared
-                        .store
-                        .finish_and_claim(&outcomes, &self.queue, limit, config.lease)
-                        .await
-                    {
-                        Ok((applied, claimed)) => {
-                            self.settle(&applied);
-                            Ok(claimed)
-                        }
-                        Err(error) => Err(error),
-                    }
-                } else {
-                    shared.store.claim(&self.queue, limit, config.lease).await
-                };
-                match claimed {
-                    Ok(jobs) => {
-                        self.store_ok();
-                        claimed_all = jobs.len() == limit as usize;
-                        let claimed_none = jobs.is_empty();
-                        for job in jobs {
-                            self.start(job);
-                        }
-                        if claimed_none {
-                            // The queue has nothing runnable: wait for a wake-up, the poll
-                            // interval, or the next delayed job, whichever comes first.
-                            next_poll = Instant::now() + config.poll_interval;
-                            if let Ok(Some(due)) = shared.store.next_due(&self.queue).await {
-                                next_poll = next_poll.min(Instant::now() + due);
-                            }
-                        }
-                    }
-                    Err(error) => self.store_failed("claim", &error),
-                }
-            } else if record {
-                self.record().await;
-            }
-            if stopping && self.running.is_empty() && self.finished.is_empty() {
-                return;
-            }
-            if claimed_all && self.running.len() < self.concurrency {
-                // There may be more waiting: claim again at once.
-                next_poll = Instant::now();
+                self.send_claim(limit);
                 continue;
             }
-            let holding = !self.running.is_empty() || !self.finished.is_empty();
+            // Outcomes ride along with every claim; on their own they wait for the
+            // completion interval or a full batch (see `completion_interval`), and for the
+            // claims in flight, which may carry the next ones.
+            let record_alone = store_ready
+                && !self.finished.is_empty()
+                && self.claims.is_empty()
+                && (stopping
+                    || self.finished.len() >= config.claim_batch as usize
+                    || self.record_by.is_none_or(|by| Instant::now() >= by));
+            if record_alone {
+                self.record().await;
+            }
+            if stopping
+                && self.running.is_empty()
+                && self.finished.is_empty()
+                && self.claims.is_empty()
+            {
+                return;
+            }
+            let holding =
+                !self.running.is_empty() || !self.finished.is_empty() || !self.sending.is_empty();
             if holding && Instant::now() >= next_heartbeat {
                 self.heartbeat().await;
                 next_heartbeat = Instant::now() + config.heartbeat;
@@ -676,15 +710,41 @@ impl QueueLoop {
 
             // While backing off from store errors, only the retry timer (and finishing
             // handlers) wake the loop: no busy polling.
-            let can_claim =
-                !stopping && self.running.len() < self.concurrency && self.backoff_until.is_none();
+            let can_claim = !stopping
+                && self.running.len() + self.reserved < self.concurrency
+                && self.backoff_until.is_none()
+                && may_send;
             let retry_at = self.backoff_until;
+            // (A claim on its way will carry the outcomes, or come back before they are due.)
+            let record_at = self.record_by.filter(|_| {
+                !self.finished.is_empty() && retry_at.is_none() && self.claims.is_empty()
+            });
             tokio::select! {
                 () = shared.cancel.cancelled() => {
                     self.cancel_all().await;
                     return;
                 }
                 () = shared.stop.cancelled(), if !stopping => stopping = true,
+                Some(done) = self.claims.join_next(), if !self.claims.is_empty() => {
+                    match self.claim_done(done) {
+                        Some(true) => {
+                            // There may be more waiting: claim again at once.
+                            self.backlog = true;
+                            next_poll = Instant::now();
+                        }
+                        Some(false) => {
+                            // The queue had no more runnable jobs: wait for a wake-up (one
+                            // sent since this claim began counts), the poll interval, or the
+                            // next delayed job, whichever comes first.
+                            self.backlog = false;
+                            next_poll = Instant::now() + config.poll_interval;
+                            if let Ok(Some(due)) = shared.store.next_due(&self.queue).await {
+                                next_poll = next_poll.min(Instant::now() + due);
+                            }
+                        }
+                        None => self.backlog = false,
+                    }
+                }
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.on_done(done);
                     while let Some(done) = self.tasks.try_join_next_with_id() {
@@ -696,6 +756,8 @@ impl QueueLoop {
                     next_heartbeat = Instant::now();
                 }
                 () = tokio::time::sleep_until(next_poll), if can_claim => {}
+                () = async { if let Some(at) = record_at { tokio::time::sleep_until(at).await } },
+                    if record_at.is_some() => {}
                 () = tokio::time::sleep_until(next_heartbeat), if holding => {}
                 () = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } },
                     if retry_at.is_some() => {}
@@ -725,6 +787,81 @@ impl QueueLoop {
             error: error.to_string().into(),
             retry_in,
         });
+    }
+
+    /// Sends a claim of up to `limit` jobs to the store, carrying the finished outcomes.
+    fn send_claim(&mut self, limit: u32) {
+        let sent = std::mem::take(&mut self.finished);
+        self.record_by = None;
+        self.sending
+            .extend(sent.iter().map(|finished| finished.outcome.lease()));
+        self.reserved += limit as usize;
+        let shared = Arc::clone(&self.shared);
+        let queue = Arc::clone(&self.queue);
+        self.claims.spawn(async move {
+            let lease = shared.config.lease;
+            let result = if sent.is_empty() {
+                shared
+                    .store
+                    .claim(&queue, limit, lease)
+                    .await
+                    .map(|claimed| (Vec::new(), claimed))
+            } else {
+                // One round trip for both.
+                let outcomes: Vec<Outcome> = sent.iter().map(|f| f.outcome.clone()).collect();
+                shared
+                    .store
+                    .finish_and_claim(&outcomes, &queue, limit, lease)
+                    .await
+            };
+            ClaimDone {
+                limit,
+                sent,
+                result,
+            }
+        });
+    }
+
+    /// Takes a claim back: settles the outcomes it carried and starts the jobs it brought.
+    /// `Some(true)` when it took all it asked for, `Some(false)` when fewer, `None` when it
+    /// failed (its outcomes wait to be sent again).
+    fn claim_done(&mut self, done: Result<ClaimDone, JoinError>) -> Option<bool> {
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                // Not expected: the store's futures do not panic. Its outcomes are lost to
+                // this worker; their jobs run again when their leases expire.
+                tracing::error!(%error, queue = %self.queue, "palisade-jobs: a claim task failed");
+                if self.claims.is_empty() {
+                    self.reserved = 0;
+                    self.sending.clear();
+                }
+                return None;
+            }
+        };
+        self.reserved = self.reserved.saturating_sub(done.limit as usize);
+        for finished in &done.sent {
+            self.sending.remove(&finished.outcome.lease());
+        }
+        match done.result {
+            Ok((applied, claimed)) => {
+                self.store_ok();
+                self.settle(done.sent, &applied);
+                let all = claimed.len() == done.limit as usize;
+                for job in claimed {
+                    self.start(job);
+                }
+                Some(all)
+            }
+            Err(error) => {
+                if self.finished.is_empty() {
+                    self.record_by = Some(Instant::now());
+                }
+                self.finished.extend(done.sent);
+                self.store_failed("claim", &error);
+                None
+            }
+        }
     }
 
     fn start(&mut self, job: Claimed) {
@@ -795,6 +932,9 @@ impl QueueLoop {
                 retry_in: retry_delay(&self.shared.config.retry_backoff, job.attempt),
             },
         };
+        if self.finished.is_empty() {
+            self.record_by = Some(Instant::now() + self.shared.config.completion_interval);
+        }
         self.finished.push(Finished {
             outcome,
             attempt: job.attempt,
@@ -813,7 +953,9 @@ impl QueueLoop {
         match self.shared.store.finish(&outcomes).await {
             Ok(applied) => {
                 self.store_ok();
-                self.settle(&applied);
+                let finished = std::mem::take(&mut self.finished);
+                self.record_by = None;
+                self.settle(finished, &applied);
             }
             Err(error) => self.store_failed("finish", &error),
         }
@@ -821,11 +963,11 @@ impl QueueLoop {
 
     /// Counts and reports the recorded outcomes; `applied` are the leases the store accepted,
     /// the others were stale.
-    fn settle(&mut self, applied: &[Lease]) {
+    fn settle(&mut self, finished: Vec<Finished>, applied: &[Lease]) {
         let applied: std::collections::HashSet<Lease> = applied.iter().copied().collect();
         let counters = &self.shared.counters;
         let listener = &self.shared.listener;
-        for finished in self.finished.drain(..) {
+        for finished in finished {
             let lease = finished.outcome.lease();
             let queue = Arc::clone(&self.queue);
             let id = lease.id;
@@ -895,6 +1037,7 @@ impl QueueLoop {
             .values()
             .map(|run| run.claimed.lease())
             .chain(self.finished.iter().map(|f| f.outcome.lease()))
+            .chain(self.sending.iter().copied())
             .collect();
         if leases.is_empty() {
             return;
@@ -939,7 +1082,23 @@ impl QueueLoop {
         while let Some(done) = self.tasks.try_join_next_with_id() {
             self.on_done(done);
         }
-        let leases: Vec<Lease> = self.running.values().map(|r| r.claimed.lease()).collect();
+        let mut leases: Vec<Lease> = self.running.values().map(|r| r.claimed.lease()).collect();
+        // Claims on their way: wait for them, settle what they carried, release what they
+        // took without running it.
+        while let Some(done) = self.claims.join_next().await {
+            let Ok(done) = done else { continue };
+            for finished in &done.sent {
+                self.sending.remove(&finished.outcome.lease());
+            }
+            match done.result {
+                Ok((applied, claimed)) => {
+                    self.settle(done.sent, &applied);
+                    leases.extend(claimed.iter().map(Claimed::lease));
+                }
+                Err(_) => self.finished.extend(done.sent),
+            }
+        }
+        self.reserved = 0;
         self.tasks.shutdown().await;
         self.running.clear();
         self.by_job.clear();

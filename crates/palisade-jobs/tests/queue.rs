@@ -350,6 +350,58 @@ async fn lower_priority_values_run_first(jobs: Jobs, _db: Db, _events: Events) {
 }
 on_both!(lower_priority_values_run_first);
 
+async fn outcomes_wait_for_the_next_claim_or_the_stop(jobs: Jobs, _db: Db, events: Events) {
+    let (ran, mut runs) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::builder(&jobs)
+        .queue("default", 4)
+        // Longer than any test: only a claim, a full batch or the stop records outcomes.
+        .completion_interval(Duration::from_secs(3600))
+        .handler(tower::service_fn(move |work: Work| {
+            let _ = ran.send(work.n);
+            async { Ok::<_, std::io::Error>(()) }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let first = jobs.enqueue(&Work { n: 1 }).await.unwrap().id();
+    assert_eq!(runs.recv().await, Some(1));
+    // Give a worker that records at once every chance to do so: this one must not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        jobs.job(first).await.unwrap().unwrap().state,
+        JobState::Running,
+        "the outcome waits while there is nothing to claim"
+    );
+    assert_eq!(worker.metrics().processed, 0);
+
+    // The next claim carries it.
+    let second = jobs.enqueue(&Work { n: 2 }).await.unwrap().id();
+    assert_eq!(runs.recv().await, Some(2));
+    until_state(&jobs, first, JobState::Completed).await;
+
+    // Stopping records what is left at once, without waiting for the interval.
+    worker.stop();
+    let metrics = tokio::time::timeout(Duration::from_secs(60), worker.join())
+        .await
+        .expect("the stop records the last outcome at once");
+    assert_eq!(metrics.processed, 2);
+    assert_eq!(
+        jobs.job(second).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+    assert_eq!(events.count("completed"), 2);
+}
+
+/// On SQLite only: the one wake-up per enqueue is in-process, so nothing but the test's
+/// enqueues makes the worker claim. (A PostgreSQL worker also claims when its `LISTEN`
+/// connection comes up, which could carry the first outcome at an instant the test does not
+/// control.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_wait_for_the_next_claim_or_the_stop_sqlite() {
+    let (jobs, db, events) = support::sqlite().await;
+    outcomes_wait_for_the_next_claim_or_the_stop(jobs, db, events).await;
+}
+
 async fn delayed_jobs_do_not_run_early(jobs: Jobs, _db: Db, _events: Events) {
     let ran_at = Arc::new(Mutex::new(HashMap::new()));
     let seen = Arc::clone(&ran_at);
