@@ -120,6 +120,16 @@ impl State {
         }
     }
 
+    /// Takes `cost` (at most the capacity) at `now` if the limit holds it, as `check` with
+    /// `consume` does, without the snapshot: for callers that would not read it.
+    #[inline(always)]
+    pub(crate) fn admit(&self, params: &Params, now: u64, cost: u32) -> Result<(), Limited> {
+        match self {
+            State::Gcra(gcra) => gcra.admit(params, now, cost),
+            _ => self.check(params, now, cost, true).map(drop),
+        }
+    }
+
     /// Makes room for a new quota (the log's entries).
     pub(crate) fn resize(&self, params: &Params) {
         if let State::Log(log) = self {
@@ -353,6 +363,56 @@ impl Gcra {
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Ok(continuous(params, Span::nanos(used))),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Takes one unit of `span` whole nanoseconds against a capacity of `capacity`
+    /// nanoseconds at `now`, if the time is in its whole form and the limit holds it: the
+    /// layer's common case, with none of the quota's other words. `false` (having taken
+    /// nothing) if refused or exact: the caller then checks in full.
+    #[inline(always)]
+    pub(crate) fn take_whole(&self, now: u64, span: u64, capacity: u64) -> bool {
+        let mut tat = self.whole.load(Ordering::Acquire);
+        loop {
+            if tat & EXACT != 0 {
+                return false;
+            }
+            // As in `gcra_whole`: both below 2⁶³, no overflow.
+            let used = tat.saturating_sub(now) + span;
+            if used > capacity {
+                return false;
+            }
+            let next = now.saturating_add(used).min(EXACT - 1);
+            match self
+                .whole
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// `check` with `consume`, without the snapshot.
+    #[inline(always)]
+    fn admit(&self, params: &Params, now: u64, cost: u32) -> Result<(), Limited> {
+        let mut tat = self.whole.load(Ordering::Acquire);
+        loop {
+            if tat & EXACT != 0 {
+                return self.check_exact(params, now, cost, true).map(drop);
+            }
+            let used = gcra_whole(params, tat, now, cost)?;
+            if cost == 0 {
+                return Ok(());
+            }
+            let next = now.saturating_add(used).min(EXACT - 1);
+            match self
+                .whole
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
                 Err(actual) => tat = actual,
             }
         }

@@ -40,6 +40,11 @@ pin_project! {
         S: Service<Req>,
         R: Respond<Req, S::Response, S::Error>,
     {
+        // Admitted, for a `Respond` that does not read the snapshot.
+        Passed {
+            #[pin]
+            future: S::Future,
+        },
         Called {
             #[pin]
             future: S::Future,
@@ -82,6 +87,15 @@ where
     S: Service<Req>,
     R: Respond<Req, S::Response, S::Error>,
 {
+    /// Admitted, without a snapshot (the [`Respond`] does not read it).
+    #[inline]
+    pub(crate) fn passed(future: S::Future, respond: R) -> Self {
+        Self {
+            state: State::Passed { future },
+            respond,
+        }
+    }
+
     #[inline]
     pub(crate) fn called(future: S::Future, snapshot: Snapshot, respond: R) -> Self {
         Self {
@@ -214,14 +228,20 @@ where
         // The admitted path first, on its own: the waiting states live in `poll_slow`, out
         // of line, so the common case stays small.
         let this = self.as_mut().project();
-        if let StateProj::Called { future, snapshot } = this.state.project() {
-            return Poll::Ready(match ready!(future.poll(cx)) {
-                Ok(mut response) => {
-                    this.respond.admitted(snapshot, &mut response);
-                    Ok(response)
-                }
-                Err(error) => Err(this.respond.error(error)),
-            });
+        match this.state.project() {
+            StateProj::Passed { future } => {
+                return Poll::Ready(ready!(future.poll(cx)).map_err(|e| this.respond.error(e)));
+            }
+            StateProj::Called { future, snapshot } => {
+                return Poll::Ready(match ready!(future.poll(cx)) {
+                    Ok(mut response) => {
+                        this.respond.admitted(snapshot, &mut response);
+                        Ok(response)
+                    }
+                    Err(error) => Err(this.respond.error(error)),
+                });
+            }
+            _ => {}
         }
         self.poll_slow(cx)
     }
@@ -232,7 +252,7 @@ where
     S: Service<Req>,
     R: Respond<Req, S::Response, S::Error>,
 {
-    /// Every state but `Called`: answered, waiting, readying after a wait.
+    /// Every state but `Passed` and `Called`: answered, waiting, readying after a wait.
     #[inline(never)]
     fn poll_slow(
         self: Pin<&mut Self>,
@@ -241,6 +261,9 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Passed { future } => {
+                    return Poll::Ready(ready!(future.poll(cx)).map_err(|e| this.respond.error(e)));
+                }
                 StateProj::Called { future, snapshot } => {
                     return Poll::Ready(match ready!(future.poll(cx)) {
                         Ok(mut response) => {
@@ -289,8 +312,12 @@ where
                         .take()
                         .expect("ResponseFuture polled after it completed");
                     let future = wait.service.call(request);
-                    let snapshot = *snapshot;
-                    this.state.set(State::Called { future, snapshot });
+                    if R::READS_SNAPSHOT {
+                        let snapshot = *snapshot;
+                        this.state.set(State::Called { future, snapshot });
+                    } else {
+                        this.state.set(State::Passed { future });
+                    }
                 }
             }
         }

@@ -709,7 +709,12 @@ where
         match self.keyed.check(key, cost) {
             Ok(snapshot) => {
                 self.keyed.report.admitted(cost, &snapshot);
-                ResponseFuture::called(self.inner.call(request), snapshot, self.respond.clone())
+                let future = self.inner.call(request);
+                if R::READS_SNAPSHOT {
+                    ResponseFuture::called(future, snapshot, self.respond.clone())
+                } else {
+                    ResponseFuture::passed(future, self.respond.clone())
+                }
             }
             Err(refusal) => {
                 self.keyed.report.refused(cost, &refusal, Duration::ZERO);

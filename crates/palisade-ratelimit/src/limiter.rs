@@ -294,6 +294,26 @@ impl ParamsCell {
         }
     }
 
+    /// One unit's span and the capacity, in nanoseconds, when the interval is whole
+    /// (`Params::span(1)` and `capacity.ns`, from three of the words); `None` when it is not.
+    #[inline(always)]
+    fn load_unit_span(&self) -> Option<(u64, u64)> {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let interval = self.words[2].load(Ordering::Relaxed);
+            let remainder = self.words[3].load(Ordering::Relaxed) >> 32;
+            let capacity = self.words[4].load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.sequence.load(Ordering::Relaxed) == before {
+                return (remainder == 0).then_some((interval.min(MAX_CAPACITY + 1), capacity));
+            }
+        }
+    }
+
     /// Publishes `params`, then runs `then` (still holding the writer lock: changes and
     /// their follow-ups are serialised).
     fn store(&self, params: &Params, then: impl FnOnce()) {
@@ -350,6 +370,30 @@ impl Limiter {
         let params = self.params.load();
         self.fits(&params, cost)?;
         Ok(self.state.check(&params, self.now(), cost, consume)?)
+    }
+
+    /// Takes `cost` now if the limiter holds it, as `check(cost, true)` does, without the
+    /// snapshot: for callers that would not read it.
+    #[inline(always)]
+    pub(crate) fn admit(&self, cost: u32) -> Result<(), Refusal> {
+        // The common case, one unit of a whole-nanosecond GCRA, reads three of the quota's
+        // words: the whole quota would not fit in registers across the clock's call.
+        if cost == 1
+            && let State::Gcra(gcra) = &self.state
+            && let Some((span, capacity)) = self.params.load_unit_span()
+            && gcra.take_whole(self.now(), span, capacity)
+        {
+            return Ok(());
+        }
+        self.admit_slow(cost)
+    }
+
+    /// `admit` in full: any cost, any algorithm, and refusals.
+    #[inline(never)]
+    fn admit_slow(&self, cost: u32) -> Result<(), Refusal> {
+        let params = self.params.load();
+        self.fits(&params, cost)?;
+        Ok(self.state.admit(&params, self.now(), cost)?)
     }
 
     /// Checks one unit now: every limiter holds at least one, so only the limit can refuse.

@@ -442,7 +442,9 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(match output {
                         Ok(mut response) => {
-                            this.respond.admitted(&snapshot, &mut response);
+                            if R::READS_SNAPSHOT {
+                                this.respond.admitted(&snapshot, &mut response);
+                            }
                             Ok(response)
                         }
                         Err(error) => Err(this.respond.error(error)),

@@ -114,12 +114,46 @@ where
                 self.respond.clone(),
             );
         }
+        if !R::READS_SNAPSHOT && shared.report.listener.is_none() {
+            // Nobody reads the snapshot: the check skips it and the future keeps none.
+            return match shared.limiter.admit(cost) {
+                Ok(()) => ResponseFuture::passed(self.inner.call(request), self.respond.clone()),
+                Err(refusal) => self.decline(refusal, request, cost),
+            };
+        }
         match shared.limiter.check(cost, true) {
             Ok(snapshot) => {
                 shared.admitted(cost, &snapshot);
-                ResponseFuture::called(self.inner.call(request), snapshot, self.respond.clone())
+                let future = self.inner.call(request);
+                if R::READS_SNAPSHOT {
+                    ResponseFuture::called(future, snapshot, self.respond.clone())
+                } else {
+                    ResponseFuture::passed(future, self.respond.clone())
+                }
             }
-            Err(Refusal::Limited(limited))
+            Err(refusal) => self.decline(refusal, request, cost),
+        }
+    }
+}
+
+impl<S, C, R> RateLimit<S, C, R> {
+    /// A request the limiter did not admit: to the wait queue if it may wait that long,
+    /// else answered by the `Respond`.
+    #[cold]
+    #[inline(never)]
+    fn decline<Req>(
+        &mut self,
+        refusal: Refusal,
+        request: Req,
+        cost: u32,
+    ) -> ResponseFuture<S, Req, R>
+    where
+        S: Service<Req> + Clone,
+        R: Respond<Req, S::Response, S::Error> + Clone,
+    {
+        let shared = &self.shared;
+        match refusal {
+            Refusal::Limited(limited)
                 if shared
                     .max_wait
                     .is_some_and(|max| limited.retry_after() <= max) =>
@@ -132,7 +166,7 @@ where
                     self.respond.clone(),
                 )
             }
-            Err(refusal) => {
+            refusal => {
                 shared.refused(cost, &refusal, std::time::Duration::ZERO);
                 let answer = self.respond.refused(refusal, request);
                 ResponseFuture::answered(answer, self.respond.clone())
