@@ -185,11 +185,21 @@ impl FileStore {
     }
 
     async fn write_info(&self, info: &UploadInfo) -> Result<(), StoreError> {
+        let write = self.info_writer(info);
+        blocking(write).await?;
+        Ok(())
+    }
+
+    /// Replaces `<id>.info` with `info` (a temporary file, then a rename), in one blocking
+    /// step.
+    fn info_writer(&self, info: &UploadInfo) -> impl FnOnce() -> io::Result<()> + Send + 'static {
         let path = self.info_path(&info.id);
         let tmp = self.dir.join(format!("{}.info.tmp", info.id));
-        tokio::fs::write(&tmp, encode_info(info)).await?;
-        tokio::fs::rename(&tmp, &path).await?;
-        Ok(())
+        let text = encode_info(info);
+        move || {
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)
+        }
     }
 }
 
@@ -379,10 +389,17 @@ impl Store for FileStore {
 
     async fn commit(&self, info: &UploadInfo, mut sink: FileSink) -> Result<(), StoreError> {
         let file = sink.finish().await?;
-        if self.sync {
-            blocking(move || file.sync_data()).await?;
-        }
-        self.write_info(info).await
+        let (sync, write_info) = (self.sync, self.info_writer(info));
+        // The data first (when asked), then the new offset: one blocking step.
+        blocking(move || {
+            if sync {
+                file.sync_data()?;
+            }
+            drop(file);
+            write_info()
+        })
+        .await?;
+        Ok(())
     }
 
     async fn discard(&self, info: &UploadInfo, mut sink: FileSink) -> Result<(), StoreError> {

@@ -568,6 +568,112 @@ async fn completion_hook_gets_path_size_metadata_and_whole_file_sha256() {
     );
 }
 
+/// A `PATCH` of `url` at `offset` whose body arrives in frames of the given sizes, cut from
+/// `data`, with `upload-checksum` set to `sum`.
+async fn patch_in_frames(
+    server: &Server,
+    url: &str,
+    offset: u64,
+    data: &[u8],
+    frames: &[usize],
+    sum: &str,
+) -> Response<Full<Bytes>> {
+    assert_eq!(frames.iter().sum::<usize>(), data.len());
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(2);
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for &n in frames {
+        pieces.push(Bytes::copy_from_slice(&data[at..at + n]));
+        at += n;
+    }
+    let feeder = tokio::spawn(async move {
+        for piece in pieces {
+            tx.send_data(piece).await.unwrap();
+        }
+    });
+    let req = patch(url, offset)
+        .header("upload-checksum", sum)
+        .body(body)
+        .unwrap();
+    let resp = server.clone().oneshot(req).await.unwrap();
+    feeder.await.unwrap();
+    resp
+}
+
+#[tokio::test]
+async fn chunks_in_frames_of_every_size_are_verified_and_hashed_whole() {
+    // Frames below, around and above the hashing batches (256 KiB to 1 MiB), so every
+    // batch boundary and the tail left when the body ends are crossed.
+    const K: usize = 1024;
+    let first: [usize; 8] = [
+        1,
+        5,
+        100 * K,
+        200 * K,
+        3 * K,
+        1024 * K,
+        2048 * K + 7,
+        64 * K,
+    ];
+    let second: [usize; 6] = [1500 * K, 1, 127 * K, 129 * K, 13, 300 * K];
+    let (a, b) = (first.iter().sum::<usize>(), second.iter().sum::<usize>());
+    let data: Vec<u8> = (0..a + b).map(|i| (i * 31 % 251) as u8).collect();
+    let done: Arc<Mutex<Vec<Completed>>> = Arc::default();
+    let (server, _dir) = server(ServerConfig::new().on_complete({
+        let done = Arc::clone(&done);
+        move |c| {
+            done.lock().unwrap().push(c);
+            async {}
+        }
+    }));
+    let url = create(&server, (a + b) as u64).await;
+    let resp = patch_in_frames(
+        &server,
+        &url,
+        0,
+        &data[..a],
+        &first,
+        &checksum("sha256", &data[..a]),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(offset(&server, &url).await, a as u64);
+
+    // One byte wrong in the last frame: refused, and the upload stays where it was.
+    let mut bad = data[a..].to_vec();
+    *bad.last_mut().unwrap() ^= 1;
+    let resp = patch_in_frames(
+        &server,
+        &url,
+        a as u64,
+        &bad,
+        &second,
+        &checksum("sha256", &data[a..]),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 460);
+    assert_eq!(offset(&server, &url).await, a as u64);
+    assert!(done.lock().unwrap().is_empty());
+
+    let resp = patch_in_frames(
+        &server,
+        &url,
+        a as u64,
+        &data[a..],
+        &second,
+        &checksum("md5", &data[a..]),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let done = done.lock().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].sha256,
+        <[u8; 32]>::from(sha2::Sha256::digest(&data))
+    );
+    assert_eq!(std::fs::read(done[0].path.as_ref().unwrap()).unwrap(), data);
+}
+
 #[tokio::test]
 async fn completion_hook_rehashes_the_file_after_a_restart() {
     let done: Arc<Mutex<Vec<Completed>>> = Arc::default();

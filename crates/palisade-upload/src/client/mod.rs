@@ -6,7 +6,9 @@
 //! SHA-256 is computed streaming before the upload: it names the resume state file, so a
 //! renamed or touched file still resumes and a changed one does not. Without one there is
 //! nothing to look up, and the SHA-256 is computed along the upload from the chunks read.
-//! The next chunk is read and hashed on the blocking pool while the current one is sent. Progress (bytes, percent, speed, ETA, chunk i of n) goes to a callback;
+//! The next chunk is read and hashed on the blocking pool while the current one is sent; its
+//! checksum and the whole file's hash run side by side. Progress (bytes, percent, speed,
+//! ETA, chunk i of n) goes to a callback;
 //! a [`CancelHandle`] stops the upload, optionally terminating it on the server.
 //!
 //! It speaks to any tus 1.0 server over `http://`, and over `https://` with the `rustls`
@@ -443,16 +445,14 @@ struct Chunk {
     whole: Option<WholeHash>,
 }
 
-/// Reads `len` bytes at `offset` and hashes them: the chunk's checksum when `checksum`, and
-/// the whole file's hash when `whole` is there (first catching up on any bytes before
-/// `offset` it has not seen; bytes it has seen are not hashed again).
+/// Reads `len` bytes at `offset`, first catching the whole file's hash (when there is one)
+/// up on any bytes before `offset` it has not seen.
 fn read_chunk(
     file: &std::fs::File,
     offset: u64,
     len: u64,
-    checksum: bool,
     mut whole: Option<WholeHash>,
-) -> Result<Chunk, ClientError> {
+) -> Result<(Bytes, Option<WholeHash>), ClientError> {
     let shrank = || {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -485,27 +485,69 @@ fn read_chunk(
     if (data.len() as u64) < len {
         return Err(shrank().into());
     }
-    if let Some(w) = whole.as_mut()
-        && (offset..offset + len).contains(&w.upto)
-    {
-        let seen = usize::try_from(w.upto - offset).unwrap_or(usize::MAX);
-        w.hasher.update(&data[seen..]);
-        w.upto = offset + len;
-    }
-    let checksum = if checksum {
-        let value = format!("sha256 {}", STANDARD.encode(sha2::Sha256::digest(&data)));
-        Some(
-            HeaderValue::from_str(&value)
-                .map_err(|_| ClientError::InvalidResponse("checksum header"))?,
-        )
-    } else {
-        None
+    Ok((Bytes::from(data), whole))
+}
+
+/// Runs `f` on the blocking pool; a panic there becomes an I/O error naming `what`.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::Io(io::Error::other(format!("{what} failed: {e}"))))
+}
+
+/// Reads the chunk of `len` bytes at `offset` and hashes it: its checksum when `checksum`,
+/// and the whole file's hash when `whole` is there (bytes it has seen are not hashed again).
+/// The two hashes run side by side on the blocking pool, one pass over the chunk each.
+async fn prepare(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    checksum: bool,
+    whole: Option<WholeHash>,
+) -> Result<Chunk, ClientError> {
+    let (data, whole) = blocking("chunk reader", move || {
+        read_chunk(&file, offset, len, whole)
+    })
+    .await??;
+    let sum = checksum.then(|| {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || sha2::Sha256::digest(&data))
+    });
+    let whole = match whole {
+        Some(mut w) if (offset..offset + len).contains(&w.upto) => {
+            let data = data.clone();
+            blocking("whole-file hash", move || {
+                let seen = usize::try_from(w.upto - offset).unwrap_or(usize::MAX);
+                w.hasher.update(&data[seen..]);
+                w.upto = offset + len;
+                w
+            })
+            .await
+            .map(Some)
+        }
+        other => Ok(other),
+    };
+    let checksum = match sum {
+        Some(task) => {
+            let digest = task.await.map_err(|e| {
+                ClientError::Io(io::Error::other(format!("chunk checksum failed: {e}")))
+            })?;
+            let value = format!("sha256 {}", STANDARD.encode(digest));
+            Some(
+                HeaderValue::from_str(&value)
+                    .map_err(|_| ClientError::InvalidResponse("checksum header"))?,
+            )
+        }
+        None => None,
     };
     Ok(Chunk {
         offset,
-        data: Bytes::from(data),
+        data,
         checksum,
-        whole,
+        whole: whole?,
     })
 }
 
@@ -518,8 +560,7 @@ fn spawn_read(
     checksum: bool,
     whole: Option<WholeHash>,
 ) -> ChunkTask {
-    let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || read_chunk(&file, offset, len, checksum, whole))
+    tokio::spawn(prepare(Arc::clone(file), offset, len, checksum, whole))
 }
 
 async fn joined(task: ChunkTask) -> Result<Chunk, ClientError> {

@@ -1,5 +1,7 @@
 //! Request handling: one function per method.
 
+use std::sync::Arc;
+
 use bytes::{Buf as _, Bytes};
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -578,8 +580,13 @@ where
     Ok(next)
 }
 
-/// How many bytes are gathered before they are hashed on the blocking pool: 1 MiB.
+/// The most bytes gathered into one batch for the hash lanes: 1 MiB. Idle lanes take what
+/// has arrived once it is [`HASH_MIN`] or more, so little is left to hash when the body ends.
 const HASH_BATCH: usize = 1024 * 1024;
+
+/// The least bytes handed to idle hash lanes: 256 KiB, so a blocking task's cost stays small
+/// beside the hashing it does.
+const HASH_MIN: usize = 256 * 1024;
 
 /// The hashes a chunk feeds: its own checksum's and the whole file's running SHA-256.
 struct Hashers {
@@ -587,62 +594,111 @@ struct Hashers {
     running: Option<sha2::Sha256>,
 }
 
-impl Hashers {
-    fn is_empty(&self) -> bool {
-        self.chunk.is_none() && self.running.is_none()
-    }
+/// An incremental hash a [`Lane`] feeds.
+trait Feed: Send + 'static {
+    fn feed(&mut self, data: &[u8]);
+}
 
-    fn update(&mut self, batch: &[Bytes]) {
-        // One hash over the whole batch, then the other, each over long runs of bytes.
-        for data in batch {
-            if let Some(h) = self.chunk.as_mut() {
-                h.update(data);
-            }
-        }
-        for data in batch {
-            if let Some(h) = self.running.as_mut() {
-                h.update(data);
-            }
-        }
+impl Feed for crate::checksum::Hasher {
+    fn feed(&mut self, data: &[u8]) {
+        self.update(data);
     }
 }
 
-/// Hashes batches of a body on the blocking pool, one batch at a time, while the next
-/// batch is received and written. At most one batch is being hashed.
-struct BackgroundHash {
-    idle: Option<Hashers>,
-    busy: Option<tokio::task::JoinHandle<Hashers>>,
+impl Feed for sha2::Sha256 {
+    fn feed(&mut self, data: &[u8]) {
+        self.update(data);
+    }
 }
 
-impl BackgroundHash {
-    /// The hashers, once the batch in flight (if any) is hashed.
-    async fn wait(&mut self) -> Result<Hashers, UploadError> {
-        match (self.busy.take(), self.idle.take()) {
-            (Some(task), _) => task.await.map_err(|e| {
+/// One hash, fed batch after batch on the blocking pool: idle with the hasher, or busy
+/// with one batch, which hands the hasher back.
+enum Lane<H> {
+    Idle(H),
+    Busy(tokio::task::JoinHandle<H>),
+}
+
+impl<H: Feed> Lane<H> {
+    fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy(task) if !task.is_finished())
+    }
+
+    /// The hasher, once the batch in flight (if any) is hashed.
+    async fn wait(self) -> Result<H, UploadError> {
+        match self {
+            Self::Idle(hasher) => Ok(hasher),
+            Self::Busy(task) => task.await.map_err(|e| {
                 UploadError::Store(crate::store::StoreError::Io(std::io::Error::other(
                     format!("hashing task failed: {e}"),
                 )))
             }),
-            (None, Some(hashers)) => Ok(hashers),
-            (None, None) => Ok(Hashers {
-                chunk: None,
-                running: None,
-            }),
         }
     }
 
-    /// Starts hashing `batch` (after the batch in flight).
-    async fn feed(&mut self, batch: Vec<Bytes>) -> Result<(), UploadError> {
-        let mut hashers = self.wait().await?;
-        if hashers.is_empty() {
-            self.idle = Some(hashers);
-            return Ok(());
+    /// Starts hashing `batch`, after the batch in flight.
+    async fn feed(self, batch: Arc<[Bytes]>) -> Result<Self, UploadError> {
+        let mut hasher = self.wait().await?;
+        Ok(Self::Busy(tokio::task::spawn_blocking(move || {
+            for data in batch.iter() {
+                hasher.feed(data);
+            }
+            hasher
+        })))
+    }
+}
+
+/// The lanes of a chunk's hashes: each on a blocking task of its own, so the two hashes of
+/// a batch run side by side, while the next batch is received and written. Each lane holds
+/// at most one batch; both share it.
+struct BackgroundHash {
+    chunk: Option<Lane<crate::checksum::Hasher>>,
+    running: Option<Lane<sha2::Sha256>>,
+}
+
+impl BackgroundHash {
+    fn new(hashers: Hashers) -> Self {
+        Self {
+            chunk: hashers.chunk.map(Lane::Idle),
+            running: hashers.running.map(Lane::Idle),
         }
-        self.busy = Some(tokio::task::spawn_blocking(move || {
-            hashers.update(&batch);
-            hashers
-        }));
-        Ok(())
+    }
+
+    /// Whether there is nothing to hash.
+    fn is_empty(&self) -> bool {
+        self.chunk.is_none() && self.running.is_none()
+    }
+
+    /// Whether a lane is still hashing its batch.
+    fn is_busy(&self) -> bool {
+        self.chunk.as_ref().is_some_and(Lane::is_busy)
+            || self.running.as_ref().is_some_and(Lane::is_busy)
+    }
+
+    /// Starts hashing `batch` in every lane, after each lane's batch in flight.
+    async fn feed(self, batch: Vec<Bytes>) -> Result<Self, UploadError> {
+        let batch: Arc<[Bytes]> = batch.into();
+        let chunk = match self.chunk {
+            Some(lane) => Some(lane.feed(Arc::clone(&batch)).await?),
+            None => None,
+        };
+        let running = match self.running {
+            Some(lane) => Some(lane.feed(batch).await?),
+            None => None,
+        };
+        Ok(Self { chunk, running })
+    }
+
+    /// The hashers, once every batch fed is hashed.
+    async fn finish(self) -> Result<Hashers, UploadError> {
+        let chunk = match self.chunk {
+            Some(lane) => Some(lane.wait().await?),
+            None => None,
+        };
+        let running = match self.running {
+            Some(lane) => Some(lane.wait().await?),
+            None => None,
+        };
+        Ok(Hashers { chunk, running })
     }
 }
 
@@ -664,10 +720,7 @@ where
     let start = Instant::now();
     let whole = start + inner.config.body_timeout;
     let mut written = 0_u64;
-    let mut hashing = BackgroundHash {
-        idle: Some(hashers),
-        busy: None,
-    };
+    let mut hashing = BackgroundHash::new(hashers);
     let mut batch = Vec::new();
     let mut batched = 0_usize;
     loop {
@@ -679,9 +732,10 @@ where
             Ok(Some(Ok(frame))) => Some(frame),
         };
         let Some(frame) = frame else {
-            let mut hashers = hashing.wait().await?;
-            hashers.update(&batch);
-            return Ok((written, hashers));
+            if !batch.is_empty() {
+                hashing = hashing.feed(batch).await?;
+            }
+            return Ok((written, hashing.finish().await?));
         };
         let Ok(mut data) = frame.into_data() else {
             continue;
@@ -692,11 +746,15 @@ where
         if room.is_some_and(|room| written > room) {
             return Err(UploadError::TooLarge("chunk exceeds the upload's length"));
         }
-        batched += data.len();
-        batch.push(data.clone());
+        if !hashing.is_empty() {
+            batched += data.len();
+            batch.push(data.clone());
+        }
         sink.write(data).await?;
-        if batched >= HASH_BATCH {
-            hashing.feed(std::mem::take(&mut batch)).await?;
+        // Hashed at once when the lanes are idle, gathered while they are busy, up to a
+        // batch.
+        if batched >= HASH_BATCH || (batched >= HASH_MIN && !hashing.is_busy()) {
+            hashing = hashing.feed(std::mem::take(&mut batch)).await?;
             batched = 0;
         }
     }
