@@ -696,6 +696,40 @@ async fn completion_hook_rehashes_the_file_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_deferred_length_that_completes_the_upload_after_a_restart_rehashes_the_file() {
+    let done: Arc<Mutex<Vec<Completed>>> = Arc::default();
+    let dir = tempfile::tempdir().unwrap();
+    let first = TusServer::new(FileStore::new(dir.path()).unwrap(), ServerConfig::new());
+    let resp = call(
+        &first,
+        req("POST", "/files").header("upload-defer-length", "1"),
+        b"",
+    )
+    .await;
+    let url = header(&resp, "location").to_owned();
+    call(&first, patch(&url, 0), b"abcdef").await;
+    drop(first);
+    let config = ServerConfig::new().on_complete({
+        let done = Arc::clone(&done);
+        move |c| {
+            done.lock().unwrap().push(c);
+            async {}
+        }
+    });
+    // The new server never saw the bytes: the length that completes the upload comes
+    // with an empty chunk, and the hook must still get the file's hash.
+    let second = TusServer::new(FileStore::new(dir.path()).unwrap(), config);
+    let resp = call(&second, patch(&url, 6).header("upload-length", "6"), b"").await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let done = done.lock().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].sha256,
+        <[u8; 32]>::from(sha2::Sha256::digest(b"abcdef"))
+    );
+}
+
+#[tokio::test]
 async fn authorization_hook_runs_per_request_and_again_at_completion() {
     let seen: Arc<Mutex<Vec<Action>>> = Arc::default();
     let config = ServerConfig::new().authorize({

@@ -375,8 +375,14 @@ where
             }
             inner.store.save(&info).await?;
             if info.is_complete() {
-                let hasher = inner.forget_hasher(&id).map(|(_, h)| h);
-                complete(inner, &info, hasher.unwrap_or_default()).await;
+                // The running hash covers the whole file only if this server saw every
+                // byte; after a restart it is gone, and the file is read once instead.
+                match inner.forget_hasher(&id) {
+                    Some((at, hasher)) if at == info.offset => {
+                        complete(inner, &info, hasher).await;
+                    }
+                    _ => complete_rehash(inner, &info).await,
+                }
             }
         }
         (Some(known), Some(length)) if known != length => {
