@@ -54,8 +54,8 @@ pin_project! {
         shared: Arc<Shared<C, P>>,
         // When the call started, if anything needs it (the deadline is counted from it).
         started: Started,
-        // What only a call that waits (or is traced) needs; `None` until then (see `Waits`).
-        waits: Option<Pin<Box<Waits<S::Future>>>>,
+        // What only a call that waits (or is traced) needs; empty until then (see `Waits`).
+        waits: WaitsSlot<S::Future>,
     }
 }
 
@@ -85,10 +85,49 @@ pin_project! {
 }
 
 /// A call's [`Waits`], once made.
-type WaitsSlot<F> = Option<Pin<Box<Waits<F>>>>;
+type BoxedWaits<F> = Pin<Box<Waits<F>>>;
+
+/// The slot of a call's [`Waits`], empty until they are made.
+///
+/// Dropped out of line: the drop of a response future (inlined where the future is polled
+/// and dropped, as `now_or_never` does) is then a test of this pointer and the `Arc`'s
+/// decrement, not the drop of timers and a span that a call which completes at once never
+/// has.
+struct WaitsSlot<F>(Option<BoxedWaits<F>>);
+
+impl<F> Drop for WaitsSlot<F> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(waits) = self.0.take() {
+            drop_waits(waits);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_waits<F>(waits: Pin<Box<Waits<F>>>) {
+    drop(waits);
+}
+
+impl<F> std::ops::Deref for WaitsSlot<F> {
+    type Target = Option<Pin<Box<Waits<F>>>>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<F> std::ops::DerefMut for WaitsSlot<F> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 /// The call's [`Waits`], made on first use.
-fn ensure_waits<F>(slot: &mut WaitsSlot<F>) -> Pin<&mut Waits<F>> {
+fn ensure_waits<F>(slot: &mut Option<Pin<Box<Waits<F>>>>) -> Pin<&mut Waits<F>> {
     slot.get_or_insert_with(|| new_waits(None)).as_mut()
 }
 
@@ -105,7 +144,11 @@ fn new_waits<F>(span: Option<Span>) -> Pin<Box<Waits<F>>> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// The first attempt is in flight, its timers (if any) not yet set.
+    /// The first attempt is in flight, and [`poll`](Future::poll)'s fast path polls it:
+    /// nothing else runs, no timer is set, the call has no span and records no latency.
+    Fast,
+    /// The first attempt is in flight, its timers (if any) not yet set; the state machine
+    /// polls it (the call has a span to enter or a latency to record).
     First,
     /// An attempt (and maybe its hedge) is in flight.
     Running,
@@ -150,23 +193,35 @@ where
         } else {
             None
         };
-        let started = (shared.needs_clock || shared.classify.uses_elapsed()).then(Instant::now);
-        let (future, waits) = if tracing_debug() {
-            traced_call(&mut service, request)
+        // Everything but the inner future is decided before the first attempt, as a few
+        // scalars that stay in registers across the inner service's `call`; the future is
+        // then written once, field by field, where the caller wants it (a value assembled
+        // before `call` and moved after would cost store-forwarding stalls).
+        let clock = shared.needs_clock || shared.classify.uses_elapsed();
+        let started = Started::new(clock.then(Instant::now), shared.base);
+        // The first attempt's timers are made only if it has to wait (see `poll`).
+        let hedge_due = clock && shared.hedges && copy.is_some();
+        let (phase, future, waits) = if tracing_debug() {
+            let (future, waits) = traced_call(&mut service, request);
+            (Phase::First, future, Some(waits))
         } else {
-            (service.call(request), None)
+            let phase = if shared.records_latencies {
+                Phase::First
+            } else {
+                Phase::Fast
+            };
+            (phase, service.call(request), None)
         };
         Self {
             primary: Some(future),
-            // The first attempt's timers are made only if it has to wait (see `poll`).
-            hedge_due: started.is_some() && shared.hedges && copy.is_some(),
-            phase: Phase::First,
+            phase,
+            hedge_due,
+            attempt: 1,
             service,
             request: copy,
-            attempt: 1,
-            started: Started::new(started, shared.base),
-            waits,
             shared,
+            started,
+            waits: WaitsSlot(waits),
         }
     }
 }
@@ -187,13 +242,13 @@ fn tracing_debug() -> bool {
 fn traced_call<S: Service<Request>, Request>(
     service: &mut S,
     request: Request,
-) -> (S::Future, WaitsSlot<S::Future>) {
+) -> (S::Future, BoxedWaits<S::Future>) {
     let span = tracing::debug_span!("retry", attempt = 1u32);
     let future = {
         let _entered = span.enter();
         service.call(request)
     };
-    (future, Some(new_waits(Some(span))))
+    (future, new_waits(Some(span)))
 }
 
 /// Records the attempt number in the call's span, if it has one.
@@ -282,9 +337,9 @@ fn next_request<Request, Response, P: Replay<Request, Response>>(
 }
 
 /// What the fast path of [`ResponseFuture::poll`] learned from the first attempt before
-/// handing over to the full state machine: `None` if it did not poll it, `Some(None)` if it
-/// is pending, `Some(Some(result))` once it answered.
-type Polled<T> = Option<Option<Result<T, BoxError>>>;
+/// handing over to the full state machine: `None` if it did not poll it, else what the
+/// attempt's poll returned.
+type Polled<T, E> = Option<Poll<Result<T, E>>>;
 
 impl<S, Request, C, P> Future for ResponseFuture<S, Request, C, P>
 where
@@ -298,38 +353,28 @@ where
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The fast path: the first attempt while nothing else runs and no timer is set (no
-        // hedge, no retry yet). Its success is returned at once; anything else goes to the
-        // state machine, which takes over the attempt's outcome.
-        // A call with a span (in `waits`) always takes the state machine, which enters it.
-        let mut first = None;
+        // hedge, no retry yet, no span, no latency to record). Its success is returned at
+        // once; anything else (pending, failed) goes to the state machine, out of line,
+        // which takes over what the attempt's poll returned.
         let mut this = self.as_mut().project();
-        if *this.phase == Phase::First
-            && this.waits.is_none()
+        let mut handed = None;
+        if *this.phase == Phase::Fast
             && let Some(primary) = this.primary.as_mut().as_pin_mut()
         {
-            let polled = primary.poll(cx);
-            let shared = &**this.shared;
-            match polled {
-                Poll::Pending if !(*this.hedge_due || shared.timed) => return Poll::Pending,
-                Poll::Pending => first = Some(None),
-                Poll::Ready(result) => {
+            match primary.poll(cx) {
+                Poll::Ready(Ok(mut response))
+                    if !first_fails(this.shared, &response, *this.started) =>
+                {
                     this.primary.set(None);
-                    match result {
-                        Ok(mut response)
-                            if !shared.records_latencies
-                                && !first_fails(shared, &response, *this.started) =>
-                        {
-                            shared.replay.record_attempts(&mut response, *this.attempt);
-                            return Poll::Ready(Ok(response));
-                        }
-                        result => first = Some(Some(result.map_err(Into::into))),
-                    }
+                    this.shared.replay.record_attempts(&mut response, 1);
+                    return Poll::Ready(Ok(response));
                 }
+                polled => handed = Some(polled),
             }
         }
         // One call site for everything else (several made the returned value go through
         // the stack in pieces, which costs more than the call).
-        self.poll_slow(cx, first)
+        self.poll_slow(cx, handed)
     }
 }
 
@@ -361,8 +406,14 @@ where
     fn poll_slow(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        mut first: Polled<S::Response>,
+        first: Polled<S::Response, S::Error>,
     ) -> Poll<Result<S::Response, BoxError>> {
+        // `None` if the fast path did not poll the first attempt, `Some(None)` if it is
+        // pending, `Some(Some(result))` once it answered.
+        let mut first = first.map(|polled| match polled {
+            Poll::Ready(result) => Some(result.map_err(Into::into)),
+            Poll::Pending => None,
+        });
         let mut this = self.project();
         // A clone, so that the state machine below may borrow the `Waits` holding it.
         let span = this.waits.as_ref().and_then(|waits| waits.span.clone());
@@ -376,7 +427,7 @@ where
         let timed_classify = shared.classify.uses_elapsed();
         loop {
             match *this.phase {
-                Phase::First | Phase::Running => {
+                Phase::Fast | Phase::First | Phase::Running => {
                     // The attempt and its hedge: the first outcome that is not a failure
                     // wins; a failure while the other still runs is dropped.
                     let attempt_started =
@@ -408,7 +459,8 @@ where
                     let result = match outcome {
                         Some(result) => result,
                         None => {
-                            if *this.phase == Phase::First && (timed || *this.hedge_due) {
+                            let first_attempt = matches!(*this.phase, Phase::Fast | Phase::First);
+                            if first_attempt && (timed || *this.hedge_due) {
                                 // The first attempt has to wait: its timers start now.
                                 *this.phase = Phase::Running;
                                 let started = started.expect("timers are set only with a clock");

@@ -25,8 +25,6 @@ pub(crate) struct Shared<C, P> {
     pub(crate) budget: Option<Budget>,
     /// Recent latencies, when hedging follows a percentile of them.
     pub(crate) latencies: Option<Latencies>,
-    /// Whether an attempt may be cut off by a timer (a per-attempt timeout or a deadline).
-    pub(crate) timed: bool,
     /// Whether a call reads the clock when it starts, classifier aside (see
     /// `ResponseFuture::new`).
     pub(crate) needs_clock: bool,
@@ -53,7 +51,6 @@ impl<C, P> Shared<C, P> {
         let needs_clock = timed || config.backoff.max_elapsed().is_some() || config.hedge.is_some();
         Self {
             budget: config.budget.map(Budget::new),
-            timed,
             needs_clock,
             resend: config.max_attempts.get() > 1,
             records_latencies: latencies.is_some(),

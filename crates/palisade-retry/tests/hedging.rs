@@ -14,7 +14,7 @@ use palisade_core::backoff::Backoff;
 use palisade_retry::{BudgetConfig, Hedge, RetryConfig, RetryEvent, RetryLayer};
 use support::{Calls, Events};
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<usize, BoxError>> + Send>>;
 
@@ -186,8 +186,9 @@ async fn hedges_draw_on_the_retry_budget() {
     assert_eq!(calls.count(), 1, "the budget is spent: no hedge");
 }
 
-/// Upstream for percentile hedging: a request `(id, latency)` takes `latency`, unless the
-/// call before had the same id (it is that call's hedge): then it takes 1 ms.
+/// Upstream for percentile hedging: a request `(id, latency)` takes `latency` (none: ready at
+/// its first poll), unless the call before had the same id (it is that call's hedge): then it
+/// takes 1 ms.
 fn by_latency(
     calls: Calls,
 ) -> impl tower::Service<(u32, Duration), Response = usize, Error = BoxError, Future = BoxFuture> + Clone
@@ -201,6 +202,10 @@ fn by_latency(
         } else {
             latency
         };
+        if took.is_zero() {
+            // Ready at its first poll, without a timer.
+            return Box::pin(std::future::ready(Ok::<_, BoxError>(id as usize))) as BoxFuture;
+        }
         Box::pin(async move {
             tokio::time::sleep(took).await;
             Ok::<_, BoxError>(id as usize)
@@ -251,6 +256,27 @@ async fn a_percentile_hedge_follows_recent_latencies() {
     // Every call took 10 ms: a slow one is hedged after about 10 ms (rounded up by the
     // histogram by at most 19 %), not after the 2 s fallback.
     let delay = hedge_delay_after_warm_up(90.0, |_| Duration::from_millis(10)).await;
+    assert!(
+        delay >= Duration::from_millis(10) && delay <= Duration::from_millis(12),
+        "hedged after {delay:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_percentile_hedge_learns_from_calls_that_answer_at_their_first_poll() {
+    // Each first attempt is ready at its first poll (the response future's fast path), 10 ms
+    // after the call: its latency counts as much as a slow attempt's.
+    let (events, calls) = (Events::default(), Calls::default());
+    let service = RetryLayer::new(percentile_config(&events, 90.0)).layer(by_latency(calls));
+    for n in 1..=100 {
+        let mut caller = service.clone();
+        let future = caller.ready().await.unwrap().call((n, Duration::ZERO));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(future.await.unwrap(), n as usize);
+    }
+    let started = Instant::now();
+    assert_eq!(service.oneshot((0, HOUR)).await.unwrap(), 0);
+    let delay = started.elapsed() - Duration::from_millis(1);
     assert!(
         delay >= Duration::from_millis(10) && delay <= Duration::from_millis(12),
         "hedged after {delay:?}"
