@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Executor as _, Row as _};
+use sqlx::{Connection as _, Executor as _, Row as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -35,13 +35,45 @@ pub const CANCEL_CHANNEL: &str = "palisade_jobs_cancel";
 /// The advisory lock key that serialises migrations ("palisade" + "jobs", as ASCII-ish hex).
 const MIGRATION_LOCK: i64 = 0x7061_6c69_6a6f_6273;
 
+/// At most this many idle worker connections are kept (see [`WorkerConnections`]); more,
+/// while more statements overlap, are opened and closed as needed.
+const MAX_IDLE_WORKER_CONNECTIONS: usize = 8;
+
+/// An idle worker connection unused for longer than this is pinged before it is used again,
+/// so a connection the server or a proxy closed while the queue was quiet is replaced
+/// quietly instead of failing a statement. Under load connections are reused well within
+/// it, and no statement pays for a ping.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The PostgreSQL job store; see the [module docs](self). Cheap to clone: clones share the
-/// pool and the `LISTEN` connection.
+/// pool, the `LISTEN` connection and the worker connections.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     signals: Arc<Signals>,
     listener: Arc<ListenerState>,
+    held: Arc<WorkerConnections>,
+}
+
+/// The connections the workers' statements (claims, outcomes, heartbeats, next-due looks)
+/// run on: taken from the pool once (its `after_connect` runs) and detached from it, then
+/// kept. A pooled statement costs two round trips more than the statement: a ping when the
+/// connection is taken (`test_before_acquire`) and another when it is given back. A statement
+/// that fails drops its connection and the idle ones with it (a restarted server has killed
+/// them all), and the next takes a fresh one: the failure reaches the worker, which backs off
+/// and retries the round as for any store error; leases still fence what it sends again.
+#[derive(Debug, Default)]
+struct WorkerConnections {
+    /// Idle connections, each with when it was last given back.
+    idle: Mutex<Vec<(PgConnection, tokio::time::Instant)>>,
+}
+
+impl WorkerConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PgConnection, tokio::time::Instant)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +107,10 @@ impl PostgresStore {
 
     /// Uses `pool` (sized and configured by the caller) and brings the schema up to date.
     ///
+    /// Workers' claims, outcomes and heartbeats run on connections taken from `pool` and
+    /// detached from it, which the store keeps (up to 8 idle) and replaces when a statement
+    /// on one fails: they do not count against the pool's `max_connections`.
+    ///
     /// # Errors
     ///
     /// As for [`connect`](Self::connect).
@@ -84,6 +120,7 @@ impl PostgresStore {
             pool,
             signals: Arc::new(Signals::default()),
             listener: Arc::new(ListenerState::default()),
+            held: Arc::new(WorkerConnections::default()),
         })
     }
 
@@ -104,10 +141,59 @@ impl PostgresStore {
         insert_on(conn, jobs).await
     }
 
-    /// Closes the pool and stops listening.
+    /// Closes the pool and the worker connections, and stops listening.
     pub async fn close(&self) {
         self.listener.stop.cancel();
         self.pool.close().await;
+        let idle = std::mem::take(&mut *self.held.lock());
+        for (conn, _) in idle {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// A worker connection: an idle one (pinged first if it idled longer than
+    /// [`CHECK_IDLE_AFTER`]), or a new one taken from the pool and detached.
+    async fn worker_conn(&self) -> Result<PgConnection> {
+        loop {
+            let idle = self.held.lock().pop();
+            let Some((mut conn, since)) = idle else {
+                return Ok(self.pool.acquire().await?.detach());
+            };
+            if since.elapsed() < CHECK_IDLE_AFTER {
+                return Ok(conn);
+            }
+            match conn.ping().await {
+                Ok(()) => return Ok(conn),
+                Err(error) => {
+                    tracing::debug!(%error, "an idle worker connection was closed; replacing it");
+                }
+            }
+        }
+    }
+
+    /// Ends a statement run on `conn` (from [`worker_conn`](Self::worker_conn)): keeps the
+    /// connection when it succeeded; when it failed, drops it and the idle ones.
+    fn worker_done<T>(&self, conn: PgConnection, result: sqlx::Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => {
+                let mut idle = self.held.lock();
+                if idle.len() < MAX_IDLE_WORKER_CONNECTIONS && !self.pool.is_closed() {
+                    idle.push((conn, tokio::time::Instant::now()));
+                } else {
+                    drop(idle);
+                    tokio::spawn(async move {
+                        let _ = conn.close().await;
+                    });
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                drop(conn);
+                let idle = std::mem::take(&mut *self.held.lock());
+                drop(idle);
+                Err(error.into())
+            }
+        }
     }
 
     async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
@@ -517,12 +603,14 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claimed>>> {
         Box::pin(async move {
+            let mut conn = self.worker_conn().await?;
             let rows = sqlx::query(CLAIM)
                 .bind(queue)
                 .bind(i64::from(limit))
                 .bind(duration_micros(lease))
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(&mut conn)
+                .await;
+            let rows = self.worker_done(conn, rows)?;
             let mut claimed = Vec::with_capacity(rows.len());
             for row in &rows {
                 let scheduled: i64 = row.try_get(8)?;
@@ -535,9 +623,11 @@ impl Store for PostgresStore {
 
     fn finish<'a>(&'a self, outcomes: &'a [Outcome]) -> BoxFuture<'a, Result<Vec<Lease>>> {
         Box::pin(async move {
+            let mut conn = self.worker_conn().await?;
             let rows = bind_outcomes(sqlx::query(FINISH), outcomes)
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(&mut conn)
+                .await;
+            let rows = self.worker_done(conn, rows)?;
             leases(&rows)
         })
     }
@@ -550,12 +640,14 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<(Vec<Lease>, Vec<Claimed>)>> {
         Box::pin(async move {
+            let mut conn = self.worker_conn().await?;
             let rows = bind_outcomes(sqlx::query(FINISH_AND_CLAIM), outcomes)
                 .bind(queue)
                 .bind(i64::from(limit))
                 .bind(duration_micros(lease))
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(&mut conn)
+                .await;
+            let rows = self.worker_done(conn, rows)?;
             let mut applied = Vec::new();
             let mut claimed = Vec::new();
             for row in &rows {
@@ -593,6 +685,7 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'a, Result<Vec<Lease>>> {
         Box::pin(async move {
             let (id, token) = ids(held);
+            let mut conn = self.worker_conn().await?;
             let rows = sqlx::query(
                 "UPDATE palisade_jobs AS j SET lease_expires_at = palisade_jobs_now() + $3 \
                  FROM unnest($1::int8[], $2::int8[]) AS c(id, token) \
@@ -602,8 +695,9 @@ impl Store for PostgresStore {
             .bind(id)
             .bind(token)
             .bind(duration_micros(lease))
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(&mut conn)
+            .await;
+            let rows = self.worker_done(conn, rows)?;
             leases(&rows)
         })
     }
@@ -650,13 +744,15 @@ impl Store for PostgresStore {
 
     fn next_due<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<Option<Duration>>> {
         Box::pin(async move {
-            let next: Option<i64> = sqlx::query_scalar(
+            let mut conn = self.worker_conn().await?;
+            let next: sqlx::Result<Option<i64>> = sqlx::query_scalar(
                 "SELECT MIN(scheduled_at) - palisade_jobs_now() FROM palisade_jobs \
                  WHERE state = 'pending' AND queue = $1",
             )
             .bind(queue)
-            .fetch_one(&self.pool)
-            .await?;
+            .fetch_one(&mut conn)
+            .await;
+            let next = self.worker_done(conn, next)?;
             Ok(next.map(|micros| Duration::from_micros(non_negative(micros))))
         })
     }

@@ -392,3 +392,73 @@ async fn workers_finish_every_job_after_postgres_is_killed_and_restarted() {
     // A completion whose commit was lost with the server is refused, never applied twice.
     assert!(metrics.processed <= u64::from(JOBS));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connections_are_terminated_reconnects_and_runs_every_job_once() {
+    let Some((jobs, db, events)) = support::postgres().await else {
+        return;
+    };
+    let Db::Postgres(_, url) = &db else {
+        unreachable!("support::postgres gives a PostgreSQL database")
+    };
+    const JOBS: u32 = 200;
+    let runs: Arc<Vec<AtomicU32>> = Arc::new((0..2 * JOBS).map(|_| AtomicU32::new(0)).collect());
+    let count = Arc::clone(&runs);
+    let worker = Worker::builder(&jobs)
+        .queue("default", 4)
+        .poll_interval(Duration::from_millis(200))
+        .store_backoff(Backoff::constant(Duration::from_millis(100)))
+        .handler(tower::service_fn(move |work: Work| {
+            count[work.n as usize].fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    let completed = |n: u32| {
+        let jobs = &jobs;
+        move || async move {
+            let stats = jobs.stats().await.ok()?;
+            let queue = stats.into_iter().find(|s| s.queue == "default")?;
+            (queue.completed == u64::from(n)).then_some(queue)
+        }
+    };
+    let batch: Vec<NewJob> = (0..JOBS)
+        .map(|n| NewJob::new(&Work { n }).unwrap())
+        .collect();
+    jobs.enqueue_batch(&batch).await.unwrap();
+    until("the first batch to complete", completed(JOBS)).await;
+
+    // Every other session of the database ends: the worker's connections, the pool's idle
+    // ones and the LISTEN connection. Nothing is claimed now, so no job can be stranded.
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(terminated > 0);
+    let batch: Vec<NewJob> = (JOBS..2 * JOBS)
+        .map(|n| NewJob::new(&Work { n }).unwrap())
+        .collect();
+    jobs.enqueue_batch(&batch).await.unwrap();
+
+    let stats = until("the second batch to complete", completed(2 * JOBS)).await;
+    assert_eq!(
+        (stats.available, stats.scheduled, stats.running, stats.dead),
+        (0, 0, 0, 0)
+    );
+    // Every connection the worker held was dead, so finishing the second batch means it
+    // replaced them: after a failed statement (reported as a store error) or, for one that
+    // idled past a second, after a failed ping (replaced quietly).
+    let metrics = worker.shutdown(Duration::from_secs(5)).await;
+    for (n, runs) in runs.iter().enumerate() {
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "job {n} ran once");
+    }
+    assert_eq!(metrics.processed, u64::from(2 * JOBS));
+    assert_eq!(events.count("stale_outcome"), 0);
+}
