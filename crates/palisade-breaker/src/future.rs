@@ -11,7 +11,7 @@ use palisade_core::reject::CircuitOpen;
 use pin_project_lite::pin_project;
 use std::time::Duration;
 
-use crate::state::{Permit, Slot};
+use crate::state::{Permit, Shared, Slot};
 
 pin_project! {
     /// The future of a [`CircuitBreaker`](crate::CircuitBreaker) call: the inner service's
@@ -20,9 +20,11 @@ pin_project! {
     /// Dropping it before it completes (a cancelled call) records nothing and frees its
     /// half-open probe slot; an inner future that panics counts as a failure.
     pub struct ResponseFuture<F, C> {
+        // Outside the enum (a rejected call gets an idle guard): written once, in place,
+        // where a guard inside a variant was copied about on the way out of `call`.
+        guard: Guard<C>,
         #[pin]
         kind: Kind<F>,
-        guard: Option<Guard<C>>,
     }
 }
 
@@ -36,19 +38,19 @@ pin_project! {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline]
-    pub(crate) fn called(future: F, guard: Option<Guard<C>>) -> Self {
+    pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         Self {
-            kind: Kind::Called { future },
             guard,
+            kind: Kind::Called { future },
         }
     }
 
     pub(crate) fn rejected(rejection: CircuitOpen) -> Self {
         Self {
+            guard: Guard::idle(),
             kind: Kind::Rejected {
                 rejection: Some(rejection),
             },
-            guard: None,
         }
     }
 }
@@ -66,7 +68,7 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future } => {
-                let result = ready!(Guard::poll_call(this.guard, future, cx));
+                let result = ready!(this.guard.poll_call(future, cx));
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { rejection } => {
@@ -85,11 +87,60 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-/// A permitted call in flight: records its outcome once, when it completes, is cancelled,
-/// or panics.
-pub(crate) struct Guard<C> {
-    shared: Arc<Slot<C>>,
+/// What admitting a call decided, before its [`Guard`] is built: two words, so that a
+/// service can keep them in registers across the inner service's `call` and build the guard
+/// in place afterwards (a guard built before and moved after costs a store-forwarding stall).
+/// Only a probe needs its guard across that `call`, whose panic must free the probe's slot;
+/// see [`Admission::is_probe`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    /// `None` for a disabled breaker: nothing to record.
     permit: Option<Permit>,
+    started: u64,
+}
+
+impl Admission {
+    /// Admits a call through `shared`: what its guard needs, or the rejection. `decided` is
+    /// a rejection `poll_ready` already chose (see
+    /// [`Shared::fail_fast`](crate::state::Shared::fail_fast)); it is counted now.
+    #[inline]
+    pub(crate) fn new<C, T, E>(
+        shared: &Shared<C>,
+        decided: Option<CircuitOpen>,
+    ) -> Result<Self, CircuitOpen>
+    where
+        C: Classify<T, E>,
+    {
+        if let Some(rejection) = decided {
+            return Err(shared.rejected(rejection));
+        }
+        let permit = shared.acquire()?;
+        let timed = permit.is_some()
+            && (Classify::<T, E>::uses_elapsed(&shared.classify) || shared.times_calls());
+        Ok(Self {
+            permit,
+            started: if timed { shared.now() } else { UNTIMED },
+        })
+    }
+
+    /// Whether the call is a half-open probe: its guard must exist before the inner
+    /// service's `call`, so that a panicking `call` frees the probe's slot. Any other
+    /// permit records nothing when dropped unused.
+    #[inline]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.permit.is_some_and(Permit::is_probe)
+    }
+}
+
+/// A call let through, in flight: records its outcome once, when it completes, is
+/// cancelled, or panics.
+///
+/// Except for a probe's, it is built after the inner service's `call`, from an
+/// [`Admission`].
+pub(crate) struct Guard<C> {
+    /// `None` once recorded, for a rejected call, and for a disabled breaker (nothing to
+    /// record).
+    held: Option<Held<C>>,
     /// When the call started, in the breaker's nanoseconds; `UNTIMED` when nothing needs
     /// the call's duration (the clock is not read at all then).
     started: u64,
@@ -97,50 +148,57 @@ pub(crate) struct Guard<C> {
     polling: bool,
 }
 
+/// The breaker a guarded call reports to, kept alive by the guard, and the call's permit.
+struct Held<C> {
+    slot: Arc<Slot<C>>,
+    permit: Permit,
+}
+
 const UNTIMED: u64 = u64::MAX;
 
 impl<C> Guard<C> {
-    /// Admits a call through `slot`'s breaker: the guard that records its outcome (`None`
-    /// for a disabled breaker), or the rejection. `decided` is a rejection `poll_ready`
-    /// already chose (see [`Shared::fail_fast`](crate::state::Shared::fail_fast)); it is
-    /// counted now.
+    /// Admits a call through `slot`'s breaker: the guard that records its outcome, or the
+    /// rejection (see [`Admission::new`]).
     #[inline]
     pub(crate) fn admit<T, E>(
         slot: &Arc<Slot<C>>,
         decided: Option<CircuitOpen>,
-    ) -> Result<Option<Self>, CircuitOpen>
+    ) -> Result<Self, CircuitOpen>
     where
         C: Classify<T, E>,
     {
-        if let Some(rejection) = decided {
-            return Err(slot.rejected(rejection));
-        }
-        let permit = slot.acquire()?;
-        let timed = Classify::<T, E>::uses_elapsed(&slot.classify);
-        Ok(permit.map(|permit| Self::new(Arc::clone(slot), permit, timed)))
+        let admission = Admission::new::<C, T, E>(slot, decided)?;
+        Ok(Self::new(slot, admission))
     }
 
-    /// `timed`: whether the outcome needs the call's duration.
+    /// The guard of an admitted call, which keeps `slot`'s breaker alive until it records.
     #[inline]
-    fn new(shared: Arc<Slot<C>>, permit: Permit, timed: bool) -> Self {
-        let started = if timed || shared.times_calls() {
-            shared.now()
-        } else {
-            UNTIMED
-        };
+    pub(crate) fn new(slot: &Arc<Slot<C>>, admission: Admission) -> Self {
         Self {
-            shared,
-            permit: Some(permit),
-            started,
+            held: admission.permit.map(|permit| Held {
+                slot: Arc::clone(slot),
+                permit,
+            }),
+            started: admission.started,
             polling: false,
         }
     }
 
-    /// Polls a permitted call's future through its guard (if any) and, once it completes,
-    /// records its outcome: the part every breaker future shares.
+    /// A guard with nothing to record: the one of a rejected call.
+    pub(crate) fn idle() -> Self {
+        Self {
+            held: None,
+            started: UNTIMED,
+            polling: false,
+        }
+    }
+
+    /// Polls the guarded call's future and, once it completes, records its outcome. If the
+    /// future panics, `Drop` counts the call as failed; if it is pending and then dropped,
+    /// as cancelled.
     #[inline]
     pub(crate) fn poll_call<F, T, E>(
-        guard: &mut Option<Self>,
+        &mut self,
         future: Pin<&mut F>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, E>>
@@ -148,48 +206,41 @@ impl<C> Guard<C> {
         F: Future<Output = Result<T, E>>,
         C: Classify<T, E>,
     {
-        let result = match guard {
-            Some(guard) => ready!(guard.poll(future, cx)),
-            None => ready!(future.poll(cx)),
+        if self.held.is_none() {
+            return future.poll(cx);
+        }
+        self.polling = true;
+        let result = future.poll(cx);
+        self.polling = false;
+        let Poll::Ready(result) = result else {
+            return Poll::Pending;
         };
-        if let Some(guard) = guard.take() {
-            guard.finish(result.as_ref());
+        if let Some(held) = self.held.take() {
+            Self::record(held, self.started, result.as_ref());
         }
         Poll::Ready(result)
     }
 
-    /// Polls the guarded call's future. If it panics, `Drop` counts the call as failed; if
-    /// it is pending and then dropped, as cancelled.
     #[inline]
-    fn poll<F: Future>(&mut self, future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.polling = true;
-        let poll = future.poll(cx);
-        self.polling = false;
-        poll
-    }
-
-    #[inline]
-    fn finish<T, E>(mut self, result: Result<&T, &E>)
+    fn record<T, E>(held: Held<C>, started: u64, result: Result<&T, &E>)
     where
         C: Classify<T, E>,
     {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let elapsed = if self.started == UNTIMED {
+        let shared = &**held.slot;
+        let elapsed = if started == UNTIMED {
             Duration::ZERO
         } else {
-            Duration::from_nanos(self.shared.now().saturating_sub(self.started))
+            Duration::from_nanos(shared.now().saturating_sub(started))
         };
-        let outcome = self.shared.classify.classify(result, elapsed);
-        let slow = self.shared.is_slow(elapsed);
-        self.shared.record(permit, outcome, slow);
+        let outcome = shared.classify.classify(result, elapsed);
+        let slow = shared.is_slow(elapsed);
+        shared.record(held.permit, outcome, slow);
     }
 }
 
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
+        if let Some(Held { slot, permit }) = self.held.take() {
             let outcome = if self.polling {
                 // The inner future panicked while polled.
                 Outcome::Failure
@@ -197,7 +248,7 @@ impl<C> Drop for Guard<C> {
                 // Cancelled: counts for nothing, frees a probe slot.
                 Outcome::Ignored
             };
-            self.shared.record(permit, outcome, false);
+            slot.record(permit, outcome, false);
         }
     }
 }

@@ -70,7 +70,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::CircuitBreakerConfig;
-use crate::future::Guard;
+use crate::future::{Admission, Guard};
 use crate::handle::CircuitBreakerHandle;
 use crate::state::{Shared, Slot, Slots};
 
@@ -335,8 +335,16 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let decided = self.rejection.take();
-        match Guard::admit::<Response<ResB>, S::Error>(&self.slot, decided) {
-            Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
+        match Admission::new::<C, Response<ResB>, S::Error>(&self.slot, decided) {
+            Ok(admission) if admission.is_probe() => {
+                let guard = Guard::new(&self.slot, admission);
+                ResponseFuture::called(self.inner.call(request), guard)
+            }
+            Ok(admission) => {
+                // Built after `call`, in place, from what stayed in registers.
+                let future = self.inner.call(request);
+                ResponseFuture::called(future, Guard::new(&self.slot, admission))
+            }
             Err(rejection) => ResponseFuture::fallback(self.fallback.respond(&rejection, request)),
         }
     }
@@ -350,9 +358,11 @@ pin_project! {
     /// Dropping it before it completes (a cancelled call) records nothing and frees its
     /// half-open probe slot; an inner future that panics counts as a failure.
     pub struct ResponseFuture<Fut, C, B> {
+        // Outside the enum (a rejected request gets an idle guard): written once, in place,
+        // where a guard inside a variant was copied about on the way out of `call`.
+        guard: Guard<C>,
         #[pin]
         kind: Kind<Fut, B>,
-        guard: Option<Guard<C>>,
     }
 }
 
@@ -365,19 +375,19 @@ pin_project! {
 }
 
 impl<Fut, C, B> ResponseFuture<Fut, C, B> {
-    fn called(future: Fut, guard: Option<Guard<C>>) -> Self {
+    fn called(future: Fut, guard: Guard<C>) -> Self {
         Self {
-            kind: Kind::Called { future },
             guard,
+            kind: Kind::Called { future },
         }
     }
 
     fn fallback(response: Response<B>) -> Self {
         Self {
+            guard: Guard::idle(),
             kind: Kind::Fallback {
                 response: Some(response),
             },
-            guard: None,
         }
     }
 }
@@ -392,7 +402,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Called { future } => Guard::poll_call(this.guard, future, cx),
+            KindProj::Called { future } => this.guard.poll_call(future, cx),
             KindProj::Fallback { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("http::ResponseFuture polled after it completed"))),

@@ -34,10 +34,11 @@
 //! `Err`; outcomes classified as ignored count for nothing.
 //!
 //! While closed, a call takes no lock and allocates nothing; in a healthy service (a full
-//! window of successes) it only reads the breaker's state, plus one reference-count update
-//! on the service's own slot (services and clones are given slots in turn) so that threads
-//! sharing a breaker do not contend. See the crate's bench numbers in the repository's
-//! `benches/README.md`.
+//! window of successes) it only reads the breaker's state, and its response future keeps the
+//! breaker alive with a reference count (taken in `call`, given back when the call completes)
+//! on the service's own slot: services and clones are given slots in turn, so that threads
+//! sharing a breaker do not contend on one count. See the crate's bench numbers in the
+//! repository's `benches/README.md`.
 //!
 //! # Example
 //!

@@ -8,7 +8,7 @@ use palisade_core::classify::{Classify, DefaultClassify};
 use palisade_core::reject::CircuitOpen;
 use tower_service::Service;
 
-use crate::future::{Guard, ResponseFuture};
+use crate::future::{Admission, Guard, ResponseFuture};
 use crate::handle::CircuitBreakerHandle;
 use crate::state::{Slot, Slots};
 
@@ -101,8 +101,17 @@ where
 
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        match Guard::admit::<S::Response, S::Error>(&self.slot, self.rejection.take()) {
-            Ok(guard) => ResponseFuture::called(self.inner.call(request), guard),
+        let decided = self.rejection.take();
+        match Admission::new::<C, S::Response, S::Error>(&self.slot, decided) {
+            Ok(admission) if admission.is_probe() => {
+                let guard = Guard::new(&self.slot, admission);
+                ResponseFuture::called(self.inner.call(request), guard)
+            }
+            Ok(admission) => {
+                // Built after `call`, in place, from what stayed in registers.
+                let future = self.inner.call(request);
+                ResponseFuture::called(future, Guard::new(&self.slot, admission))
+            }
             Err(rejection) => ResponseFuture::rejected(rejection),
         }
     }

@@ -384,3 +384,31 @@ async fn a_panicking_handler_counts_as_a_failure() {
     }
     assert_eq!(handle.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_inner_call_panics_frees_its_slot() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    let breaker = HttpCircuitBreakerLayer::new(config().build().unwrap());
+    let handle = breaker.handle();
+    // `call` itself panics on GET, before there is a future to poll.
+    let mut service = breaker.layer(tower::service_fn(|request: Request<()>| {
+        assert_ne!(
+            request.method(),
+            Method::GET,
+            "the inner service's call panicked"
+        );
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    }));
+    handle.trip();
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    let ready = service.ready().await.unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| ready.call(Request::new(())))).is_err());
+    // The probe was cancelled, not lost: its slot takes the next call, which closes.
+    assert_eq!(handle.state(), State::HalfOpen);
+    let post = Request::post("/").body(()).unwrap();
+    let response = service.ready().await.unwrap().call(post).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(handle.state(), State::Closed);
+}

@@ -430,6 +430,34 @@ async fn a_panicking_call_counts_as_a_failure_and_frees_its_probe() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_probe_whose_inner_call_panics_frees_its_slot() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use tower::{Layer, Service, ServiceExt};
+
+    let layer = palisade_breaker::CircuitBreakerLayer::new(
+        config().half_open_probes(nz(1)).build().unwrap(),
+    );
+    let handle = layer.handle();
+    // `call` itself panics, before there is a future to poll.
+    let mut service = layer.layer(tower::service_fn(|panic: bool| {
+        assert!(!panic, "the inner service's call panicked");
+        std::future::ready(Ok::<_, &'static str>("ok"))
+    }));
+    handle.trip();
+    tokio::time::advance(secs(10)).await;
+
+    let ready = service.ready().await.unwrap();
+    assert!(catch_unwind(AssertUnwindSafe(|| ready.call(true))).is_err());
+    // The probe was cancelled, not lost: its slot takes the next call, which closes.
+    assert_state(&handle, State::HalfOpen);
+    assert_eq!(
+        service.ready().await.unwrap().call(false).await.unwrap(),
+        "ok"
+    );
+    assert_state(&handle, State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn listeners_hear_state_changes_and_rejections() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&events);
