@@ -22,17 +22,18 @@
 //! (`--threads`, default 1) and run it when nothing else is busy; it prints the load average
 //! before it starts.
 //!
-//! With `wrk` on a machine of two or more CPUs and `taskset` on `PATH`, the two sides are
-//! pinned apart: the server runs on the last CPU with one runtime worker
+//! With `--pin` (and `wrk` on a machine of two or more CPUs with `taskset` on `PATH`), the
+//! two sides are pinned apart: the server runs on the last CPU with one runtime worker
 //! (`TOKIO_WORKER_THREADS=1`) and `wrk` on the first, so neither steals the other's core and
-//! the comparison is the server's cost per request on one core (`--no-pin` turns it off).
+//! the throughput ratio is the server's cost per request on one core. Its p99 then mostly
+//! shows one thread taking turns among the connections, so it is not the default.
 //!
 //! The summary adds up requests and seconds over the rounds for throughput, and takes the
 //! median of the rounds' p50 and p99 (`wrk` reports percentiles, not samples).
 //!
 //! Options: `--duration S` (default 5), `--warmup S` (default 1), `--connections N`
 //! (default 32), `--rounds N` (default 2, alternating bare and full), `--threads N`
-//! (default 1), `--generator wrk|rust` (default `wrk` when installed), `--no-pin`.
+//! (default 1), `--generator wrk|rust` (default `wrk` when installed), `--pin`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -73,7 +74,7 @@ enum Error {
 }
 
 const USAGE: &str = "usage: load [--duration S] [--warmup S] [--connections N] [--rounds N] \
-                     [--threads N] [--generator wrk|rust] [--no-pin]";
+                     [--threads N] [--generator wrk|rust] [--pin]";
 
 /// What sends the requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +144,7 @@ impl Args {
             },
             pin: None,
         };
-        let mut pin = true;
+        let mut pin = false;
         let mut argv = std::env::args().skip(1);
         while let Some(arg) = argv.next() {
             let mut value = |name: &str| -> Result<u64, Error> {
@@ -176,14 +177,19 @@ impl Args {
                 "--threads" => {
                     args.threads = usize::try_from(value("--threads")?).unwrap_or(usize::MAX);
                 }
-                "--no-pin" => pin = false,
+                "--pin" => pin = true,
                 "-h" | "--help" => return Err(Error::Help),
                 other => return Err(Error::Usage(format!("unknown argument {other:?}"))),
             }
         }
         // Only `wrk` runs in a process of its own that can be pinned.
-        if pin && args.generator == Generator::Wrk {
-            args.pin = Pin::detect();
+        if pin {
+            if args.generator != Generator::Wrk {
+                return Err(Error::Usage("--pin needs the wrk generator".into()));
+            }
+            args.pin = Some(Pin::detect().ok_or_else(|| {
+                Error::Usage("--pin needs two or more CPUs and taskset on PATH".into())
+            })?);
         }
         Ok(args)
     }
