@@ -21,7 +21,9 @@
 //!   size 10, no concurrency limit) and with `batch_size(100)`. Its drain is cut off after
 //!   [`PEER_CAP`]; the rate is then what it processed in that time. Its pickup latency is
 //!   measured once (first backlog, fresh storage, [`PEER_PICKUPS`] samples, a child process
-//!   of its own): it polls.
+//!   of its own): it polls, and with default settings an idle worker sleeps until its
+//!   heartbeat (30 s); a job not picked up within [`PICKUP_WAIT`] ends the samples, and the
+//!   row says so.
 //! - `floor` (PostgreSQL only): a hand-written sqlx loop on its own table that claims 100
 //!   pending jobs with `FOR UPDATE SKIP LOCKED` (marking them running), and marks them done
 //!   in a second statement: two round trips and two commits per 100 jobs.
@@ -55,6 +57,8 @@ const PICKUPS: usize = 500;
 const PEER_PICKUPS: usize = 20;
 /// How long a peer may take to drain a backlog before it is cut off.
 const PEER_CAP: Duration = Duration::from_secs(20);
+/// How long a peer's idle worker may take to pick up one job before the pickup stops.
+const PICKUP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Noop {
@@ -261,6 +265,7 @@ macro_rules! apalis_run {
         // Pickup into an idle worker, on a fresh storage, in a process of its own (so once,
         // not per backlog, and with no drain still running).
         let mut pickups = Vec::new();
+        let mut note = note;
         if $pickup {
             let mut storage = $storage;
             let (tx, mut rx) = mpsc::unbounded_channel();
@@ -273,9 +278,19 @@ macro_rules! apalis_run {
             for n in 0..PEER_PICKUPS as u64 {
                 let sent = Instant::now();
                 storage.push(Noop { n }).await.unwrap();
-                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                match tokio::time::timeout(PICKUP_WAIT, rx.recv()).await {
                     Ok(Some(ran)) => pickups.push(ran - sent),
-                    _ => break,
+                    _ => {
+                        // Said, not hidden: an idle apalis worker with default settings
+                        // sleeps until its heartbeat (30 s) before it looks again.
+                        note = format!(
+                            "{note} (pickup: job {n} not picked up within {}s)",
+                            PICKUP_WAIT.as_secs()
+                        )
+                        .trim_start()
+                        .to_owned();
+                        break;
+                    }
                 }
             }
             run.abort();
