@@ -2,89 +2,13 @@
 //! `PipelineEvent`s: the event counter with the component and kind, and the readings.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
 use palisade_batch::Batch;
 use palisade_batch::pipeline::Pipeline;
 use palisade_core::Backoff;
 use palisade_core::event::MetricsListener;
-
-/// Records every operation as a line: "counter name{labels} +1", "gauge name{labels} =3".
-#[derive(Debug, Default, Clone)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Handle {
-    log: Capture,
-    key: String,
-}
-
-impl Capture {
-    fn handle(&self, kind: &str, key: &Key) -> Arc<Handle> {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        Arc::new(Handle {
-            log: self.clone(),
-            key: format!("{kind} {}{{{}}}", key.name(), labels.join(",")),
-        })
-    }
-
-    fn push(&self, line: String) {
-        self.0.lock().unwrap().push(line);
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-impl CounterFn for Handle {
-    fn increment(&self, value: u64) {
-        self.log.push(format!("{} +{value}", self.key));
-    }
-    fn absolute(&self, value: u64) {
-        self.log.push(format!("{} ={value}", self.key));
-    }
-}
-
-impl GaugeFn for Handle {
-    fn increment(&self, value: f64) {
-        self.log.push(format!("{} +{value}", self.key));
-    }
-    fn decrement(&self, value: f64) {
-        self.log.push(format!("{} -{value}", self.key));
-    }
-    fn set(&self, value: f64) {
-        self.log.push(format!("{} ={value}", self.key));
-    }
-}
-
-impl HistogramFn for Handle {
-    fn record(&self, value: f64) {
-        self.log.push(format!("{} <{value}", self.key));
-    }
-}
-
-impl Recorder for Capture {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.handle("counter", key))
-    }
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(self.handle("gauge", key))
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(self.handle("histogram", key))
-    }
-}
+use palisade_testkit::metrics::Capture;
 
 fn counter(component: &str, kind: &str) -> String {
     format!(

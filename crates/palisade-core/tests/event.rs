@@ -80,84 +80,8 @@ fn tuples_arcs_and_boxes_fan_out_to_every_listener() {
 #[cfg(feature = "metrics")]
 mod metrics_listener {
     use super::*;
-    use metrics::{
-        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata,
-        Recorder, SharedString, Unit,
-    };
     use palisade_core::event::MetricsListener;
-    use std::sync::Mutex;
-
-    /// Records every operation as a line: "counter name{labels} +1".
-    #[derive(Debug, Default, Clone)]
-    struct Capture(Arc<Mutex<Vec<String>>>);
-
-    struct Handle {
-        log: Capture,
-        key: String,
-    }
-
-    impl Capture {
-        fn handle(&self, kind: &str, key: &Key) -> Arc<Handle> {
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            Arc::new(Handle {
-                log: self.clone(),
-                key: format!("{kind} {}{{{}}}", key.name(), labels.join(",")),
-            })
-        }
-
-        fn push(&self, line: String) {
-            self.0.lock().unwrap().push(line);
-        }
-
-        fn lines(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
-        }
-    }
-
-    impl CounterFn for Handle {
-        fn increment(&self, value: u64) {
-            self.log.push(format!("{} +{value}", self.key));
-        }
-        fn absolute(&self, value: u64) {
-            self.log.push(format!("{} ={value}", self.key));
-        }
-    }
-
-    impl GaugeFn for Handle {
-        fn increment(&self, value: f64) {
-            self.log.push(format!("{} +{value}", self.key));
-        }
-        fn decrement(&self, value: f64) {
-            self.log.push(format!("{} -{value}", self.key));
-        }
-        fn set(&self, value: f64) {
-            self.log.push(format!("{} ={value}", self.key));
-        }
-    }
-
-    impl HistogramFn for Handle {
-        fn record(&self, value: f64) {
-            self.log.push(format!("{} <{value}", self.key));
-        }
-    }
-
-    impl Recorder for Capture {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::from_arc(self.handle("counter", key))
-        }
-        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::from_arc(self.handle("gauge", key))
-        }
-        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::from_arc(self.handle("histogram", key))
-        }
-    }
+    use palisade_testkit::metrics::Capture;
 
     #[test]
     fn events_become_counters_gauges_and_histograms() {
@@ -171,7 +95,7 @@ mod metrics_listener {
             listener.on_event(&PoolEvent::Shed);
         });
         assert_eq!(
-            capture.lines(),
+            capture.take(),
             [
                 "counter palisade_events_total{component=pool,event=admitted,instance=checkout} +1",
                 "gauge palisade_pool_in_flight{instance=checkout} =7",

@@ -2,107 +2,11 @@
 //! component and kind, the remaining gauge, the wait histogram and the keys gauge.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
-};
 use palisade_core::event::MetricsListener;
 use palisade_ratelimit::{KeyedRateLimiter, Quota, RateLimitConfig, RateLimiter};
-
-/// Records every operation as a line: "counter name{labels} +1".
-#[derive(Debug, Default, Clone)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Handle {
-    log: Capture,
-    key: String,
-}
-
-impl Capture {
-    fn handle(&self, kind: &str, key: &Key) -> Arc<Handle> {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        Arc::new(Handle {
-            log: self.clone(),
-            key: format!("{kind} {}{{{}}}", key.name(), labels.join(",")),
-        })
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-impl CounterFn for Handle {
-    fn increment(&self, value: u64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} +{value}", self.key));
-    }
-    fn absolute(&self, value: u64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} ={value}", self.key));
-    }
-}
-
-impl GaugeFn for Handle {
-    fn increment(&self, value: f64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} +{value}", self.key));
-    }
-    fn decrement(&self, value: f64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} -{value}", self.key));
-    }
-    fn set(&self, value: f64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} ={value}", self.key));
-    }
-}
-
-impl HistogramFn for Handle {
-    fn record(&self, value: f64) {
-        self.log
-            .0
-            .lock()
-            .unwrap()
-            .push(format!("{} <{value}", self.key));
-    }
-}
-
-impl Recorder for Capture {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.handle("counter", key))
-    }
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(self.handle("gauge", key))
-    }
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(self.handle("histogram", key))
-    }
-}
+use palisade_testkit::metrics::Capture;
 
 fn counter(kind: &str) -> String {
     format!("counter palisade_events_total{{component=ratelimit,event={kind},instance=api}} +1")

@@ -59,6 +59,8 @@
 
 pub mod alloc;
 mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod nats;
 pub mod npm;
 mod postgres;
