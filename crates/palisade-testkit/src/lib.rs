@@ -66,6 +66,8 @@ pub mod npm;
 mod postgres;
 mod process;
 mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::env;
 use std::os::unix::fs::PermissionsExt;

@@ -1,10 +1,7 @@
 //! The client over `https://` against our server behind TLS on loopback (feature `rustls`).
 //!
-//! The server is tokio-rustls in front of the tus server, with the self-signed test-only
-//! certificate in `tests/tls/` (P-256, for `localhost` and `127.0.0.1`, valid until 2126;
-//! made with `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes
-//! -days 36500 -addext "subjectAltName=DNS:localhost,IP:127.0.0.1"
-//! -addext "basicConstraints=critical,CA:FALSE" ...`). The client trusts it through the
+//! The server is tokio-rustls in front of the tus server, with the testkit's self-signed
+//! test-only certificate (`palisade_testkit::tls`). The client trusts it through the
 //! public [`Uploader::tls_config`](palisade_upload::client::Uploader::tls_config).
 
 #![cfg(feature = "rustls")]
@@ -13,50 +10,18 @@ use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use palisade_testkit::tls;
 use palisade_upload::client::{ClientError, Uploader};
 use palisade_upload::server::{Completed, ServerConfig, TusServer};
 use palisade_upload::store::FileStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
 use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-const CERT: &[u8] = include_bytes!("tls/cert.pem");
-const KEY: &[u8] = include_bytes!("tls/key.pem");
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certificate() -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(CERT).expect("the test certificate parses")
-}
-
-/// A client configuration that trusts the test certificate and nothing else.
-fn trusting_client() -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(certificate()).expect("a usable root");
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
 /// The tus server behind TLS on an ephemeral loopback port; returns the port and the
 /// completed uploads. Connections whose TLS handshake fails are dropped.
 async fn tls_server(dir: &std::path::Path) -> (u16, Arc<Mutex<Vec<Completed>>>) {
-    let key = PrivateKeyDer::from_pem_slice(KEY).expect("the test key parses");
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![certificate()], key)
-        .expect("a valid certificate and key");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = TlsAcceptor::from(tls::server());
     let done: Arc<Mutex<Vec<Completed>>> = Arc::default();
     let server = TusServer::new(
         FileStore::new(dir.join("store")).unwrap(),
@@ -103,7 +68,7 @@ async fn uploads_over_https_by_host_name_and_by_ip() {
         let uploaded = Uploader::new(&format!("https://{host}:{port}/files"))
             .unwrap()
             .chunk_size(64 * 1024)
-            .tls_config(trusting_client())
+            .tls_config(tls::trusting_client())
             .upload_file(&file)
             .await
             .unwrap();
