@@ -1,17 +1,21 @@
 //! Keyed limits: one limit per key (client IP, API key, tenant), in a bounded map whose
 //! idle keys are forgotten.
 //!
-//! The map is split into shards, each a `HashMap` behind its own mutex, so threads working
-//! on different keys rarely meet. A call hashes its key once, locks one shard for a lookup
-//! and the algorithm's arithmetic (no atomics: the lock already makes the state its own),
-//! and never holds the lock across an inner call or an `.await`.
+//! The map is split into shards, each a `HashMap` behind its own reader-writer lock, so
+//! threads working on different keys rarely meet. A call hashes its key once and locks one
+//! shard, never across an inner call or an `.await`. A GCRA limit under a whole-nanosecond
+//! quota (the common case) lives in one atomic per key: a check of a tracked key takes the
+//! shard's *read* lock and updates that atomic by compare-exchange, so threads checking keys
+//! of the same shard do not wait for each other (governor's keyed limiter works the same
+//! way). Every other state, a new key and a sweep take the *write* lock, under which the
+//! algorithm's arithmetic needs no atomics.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,13 +23,13 @@ use palisade_core::reject::Overloaded;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::algorithm::Owned;
+use crate::algorithm::{Algorithm, Owned};
 use crate::config::{ConfigError, RateLimitConfig};
-use crate::decision::{KeysExhausted, Refusal, Snapshot};
+use crate::decision::{KeysExhausted, Limited, Refusal, Snapshot};
 use crate::event::RateLimitEvent;
 use crate::future::ResponseFuture;
 use crate::layer::Report;
-use crate::limiter::{Limiter, Params, nanos};
+use crate::limiter::{Limiter, Params, Span, nanos};
 use crate::quota::Quota;
 use crate::respond::{Cost, RaiseError, Respond, UnitCost};
 
@@ -170,16 +174,57 @@ impl Hasher for Passthrough {
     }
 }
 
-type Map<K> = HashMap<Hashed<K>, Owned, BuildHasherDefault<Passthrough>>;
+/// Decides a check of a GCRA limit held in one atomic, its theoretical arrival time in whole
+/// nanoseconds, under the shard's read lock (`params` of a whole interval): the arithmetic of
+/// [`Owned::check`] on a copy, then a compare-exchange. `None` if the result would not be
+/// whole (the caller rules that out).
+#[inline(always)]
+fn check_whole(
+    tat: &AtomicU64,
+    params: &Params,
+    now: u64,
+    cost: u32,
+) -> Option<Result<Snapshot, Limited>> {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let mut state = Owned::Gcra(Span::nanos(current));
+        let decision = state.check(params, now, cost, true);
+        let Owned::Gcra(next) = state else {
+            return None;
+        };
+        if next.frac != 0 {
+            return None;
+        }
+        if next.ns == current {
+            // Refused, or took nothing.
+            return Some(decision);
+        }
+        let exchanged =
+            tat.compare_exchange_weak(current, next.ns, Ordering::AcqRel, Ordering::Acquire);
+        match exchanged {
+            Ok(_) => return Some(decision),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+type Map<K, V> = HashMap<Hashed<K>, V, BuildHasherDefault<Passthrough>>;
 
 /// One shard, on its own cache lines.
 #[repr(align(128))]
 struct Shard<K> {
-    inner: Mutex<ShardInner<K>>,
+    inner: RwLock<ShardInner<K>>,
 }
 
+/// A shard's keys. Each key is in one of the two maps.
 struct ShardInner<K> {
-    map: Map<K>,
+    /// GCRA limits in whole nanoseconds while the quota's interval is whole (the common
+    /// case): the theoretical arrival time in one atomic, checked under the read lock. Eight
+    /// bytes a key beside the key and its hash: the map stays small enough for the caches.
+    whole: Map<K, AtomicU64>,
+    /// Every other state (other algorithms, GCRA with a fraction of a nanosecond): checked
+    /// under the write lock.
+    owned: Map<K, Owned>,
     /// The next periodic sweep, in the limiter's nanoseconds.
     next_sweep: u64,
     /// The last sweep.
@@ -189,13 +234,66 @@ struct ShardInner<K> {
     first_idle: u64,
 }
 
-impl<K> ShardInner<K> {
+impl<K: Hash + Eq> ShardInner<K> {
     /// Whether a full map may sweep this shard now: once a key can be idle, and not sooner
     /// than 1/16 of the sweep period after the last sweep.
     fn may_sweep_full(&self, now: u64, every: u64) -> bool {
         now >= self
             .first_idle
             .max(self.last_sweep.saturating_add(every / 16))
+    }
+
+    fn len(&self) -> usize {
+        self.whole.len() + self.owned.len()
+    }
+
+    /// Keeps `key`'s `state` in the map its form belongs to.
+    fn put(&mut self, key: Hashed<K>, state: Owned, params: &Params) {
+        match state {
+            Owned::Gcra(tat) if tat.frac == 0 && params.is_whole() => {
+                self.whole.insert(key, AtomicU64::new(tat.ns));
+            }
+            state => {
+                self.owned.insert(key, state);
+            }
+        }
+    }
+
+    /// Decides a check of a tracked key under the write lock, moving its state to the map
+    /// its new form belongs to; `None` if the key is not tracked.
+    fn check(
+        &mut self,
+        key: &Hashed<K>,
+        params: &Params,
+        now: u64,
+        cost: u32,
+        consume: bool,
+    ) -> Option<Result<Snapshot, Limited>> {
+        if let Some(tat) = self.whole.get_mut(key) {
+            let mut state = Owned::Gcra(Span::nanos(*tat.get_mut()));
+            let decision = state.check(params, now, cost, consume);
+            match state {
+                Owned::Gcra(next) if next.frac == 0 && params.is_whole() => {
+                    *tat.get_mut() = next.ns;
+                }
+                state => {
+                    if let Some((key, _)) = self.whole.remove_entry(key) {
+                        self.owned.insert(key, state);
+                    }
+                }
+            }
+            return Some(decision);
+        }
+        let state = self.owned.get_mut(key)?;
+        let decision = state.check(params, now, cost, consume);
+        if let Owned::Gcra(tat) = *state
+            && tat.frac == 0
+            && params.is_whole()
+            && let Some((key, _)) = self.owned.remove_entry(key)
+        {
+            self.whole.insert(key, AtomicU64::new(tat.ns));
+        }
+        Some(decision)
     }
 }
 
@@ -204,6 +302,8 @@ pub(crate) struct Keyed<K> {
     /// The quota, the clock and the algorithm of every key; its own state is the overflow
     /// limit.
     limiter: Limiter,
+    /// Whether checks of tracked keys may take the read lock (GCRA).
+    shared: bool,
     shards: Box<[Shard<K>]>,
     hasher: RandomState,
     keys: AtomicUsize,
@@ -223,9 +323,13 @@ struct Outcome {
     overflowed: bool,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update leaves the map consistent; a poisoned lock still holds it.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+// Every update leaves the map consistent; a poisoned lock still holds it.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn shard_count() -> usize {
@@ -241,8 +345,9 @@ impl<K: Hash + Eq> Keyed<K> {
         let limiter = Limiter::new(config.quota, config.algorithm, &config.clock)?;
         let shards = (0..shard_count())
             .map(|_| Shard {
-                inner: Mutex::new(ShardInner {
-                    map: Map::default(),
+                inner: RwLock::new(ShardInner {
+                    whole: Map::default(),
+                    owned: Map::default(),
                     next_sweep: 0,
                     last_sweep: 0,
                     first_idle: u64::MAX,
@@ -250,6 +355,7 @@ impl<K: Hash + Eq> Keyed<K> {
             })
             .collect();
         Ok(Self {
+            shared: limiter.algorithm() == Algorithm::Gcra,
             limiter,
             shards,
             hasher: RandomState::new(),
@@ -266,7 +372,7 @@ impl<K: Hash + Eq> Keyed<K> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<ShardInner<K>> {
+    fn shard(&self, hash: u64) -> &RwLock<ShardInner<K>> {
         // The middle bits: the map itself uses the low ones (bucket) and the top seven (tag).
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         &self.shards[index].inner
@@ -280,17 +386,38 @@ impl<K: Hash + Eq> Keyed<K> {
         let now = self.limiter.now();
         let hash = self.hasher.hash_one(&key);
         let key = Hashed { hash, key };
+        if self.shared && params.is_whole() {
+            let shard = read(self.shard(hash));
+            if now < shard.next_sweep
+                && let Some(tat) = shard.whole.get(&key)
+                && let Some(decision) = check_whole(tat, &params, now, cost)
+            {
+                return decision.map_err(Refusal::from);
+            }
+        }
+        self.check_exclusive(key, &params, now, cost)
+    }
+
+    /// Checks under the shard's write lock: a new key, a sweep due, a state that is not
+    /// one atomic.
+    fn check_exclusive(
+        &self,
+        key: Hashed<K>,
+        params: &Params,
+        now: u64,
+        cost: u32,
+    ) -> Result<Snapshot, Refusal> {
         let mut outcome = Outcome::default();
         let decision = {
-            let mut shard = lock(self.shard(hash));
+            let mut shard = write(self.shard(key.hash));
             let shard = &mut *shard;
             if now >= shard.next_sweep {
-                self.sweep(shard, &params, now, &mut outcome);
+                self.sweep(shard, params, now, &mut outcome);
             }
-            if let Some(state) = shard.map.get_mut(&key) {
-                state.check(&params, now, cost, true).map_err(Refusal::from)
+            if let Some(decision) = shard.check(&key, params, now, cost, true) {
+                decision.map_err(Refusal::from)
             } else {
-                self.check_new(shard, key, &params, now, cost, &mut outcome)
+                self.check_new(shard, key, params, now, cost, &mut outcome)
             }
         };
         if outcome.evicted > 0 || outcome.overflowed {
@@ -334,7 +461,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let mut state = Owned::new(self.limiter.algorithm(), params);
         let decision = state.check(params, now, cost, true);
         shard.first_idle = shard.first_idle.min(state.idle_at(params));
-        shard.map.insert(key, state);
+        shard.put(key, state, params);
         Ok(decision?)
     }
 
@@ -350,9 +477,18 @@ impl<K: Hash + Eq> Keyed<K> {
 
     /// Forgets the shard's idle keys.
     fn sweep(&self, shard: &mut ShardInner<K>, params: &Params, now: u64, outcome: &mut Outcome) {
-        let before = shard.map.len();
+        let before = shard.len();
         let mut first_idle = u64::MAX;
-        shard.map.retain(|_, state| {
+        // A whole arrival time is the time the limit is full again.
+        shard.whole.retain(|_, tat| {
+            let idle_at = *tat.get_mut();
+            if idle_at <= now {
+                return false;
+            }
+            first_idle = first_idle.min(idle_at);
+            true
+        });
+        shard.owned.retain(|_, state| {
             let idle_at = state.idle_at(params);
             if idle_at <= now {
                 return false;
@@ -360,7 +496,7 @@ impl<K: Hash + Eq> Keyed<K> {
             first_idle = first_idle.min(idle_at);
             true
         });
-        let evicted = before - shard.map.len();
+        let evicted = before - shard.len();
         if evicted > 0 {
             self.keys.fetch_sub(evicted, Ordering::AcqRel);
         }
@@ -420,7 +556,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let now = self.limiter.now();
         let mut outcome = Outcome::default();
         for shard in &self.shards {
-            self.sweep(&mut lock(&shard.inner), &params, now, &mut outcome);
+            self.sweep(&mut write(&shard.inner), &params, now, &mut outcome);
         }
         if outcome.evicted > 0 {
             self.after(&outcome);
@@ -432,12 +568,13 @@ impl<K: Hash + Eq> Keyed<K> {
         let params = self.limiter.params();
         let now = self.limiter.now();
         let hash = self.hasher.hash_one(&key);
-        let mut shard = lock(self.shard(hash));
-        let state = shard.map.get_mut(&Hashed { hash, key })?;
-        Some(match state.check(&params, now, 0, false) {
-            Ok(snapshot) => snapshot,
-            Err(limited) => limited.snapshot,
-        })
+        let mut shard = write(self.shard(hash));
+        Some(
+            match shard.check(&Hashed { hash, key }, &params, now, 0, false)? {
+                Ok(snapshot) => snapshot,
+                Err(limited) => limited.snapshot,
+            },
+        )
     }
 }
 
@@ -467,8 +604,9 @@ impl<K: Hash + Eq> Keyed<K> {
 ///   still no room, [`AtCapacity`] decides: the shared overflow limit (default) or a
 ///   refusal. No key is forgotten before it is idle.
 ///
-/// Each key costs its entry in a `HashMap`: the key, its hash and the algorithm's state
-/// (64 bytes), plus the map's spare room.
+/// Each key costs its entry in a `HashMap`: the key, its hash (8 bytes) and the
+/// algorithm's state: 8 bytes for GCRA under a quota whose interval is a whole number of
+/// nanoseconds (24 bytes in all for a `u64` key), else 32 bytes; plus the map's spare room.
 ///
 /// # Example
 ///
@@ -858,5 +996,86 @@ impl<K> fmt::Debug for KeyedRateLimiter<K> {
             .field("keys", &self.keyed.keys.load(Ordering::Relaxed))
             .field("max_keys", &self.keyed.max_keys.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::KeyedRateLimiter;
+    use crate::Quota;
+
+    fn quota(count: u32, window: Duration) -> Quota {
+        Quota::new(NonZeroU32::new(count).unwrap(), window).unwrap()
+    }
+
+    /// Whether `key` is tracked in the compare-exchange form.
+    fn is_whole(limiter: &KeyedRateLimiter<u64>, key: u64) -> bool {
+        let keyed = &limiter.keyed;
+        let hash = keyed.hasher.hash_one(key);
+        let shard = super::read(keyed.shard(hash));
+        shard.whole.contains_key(&super::Hashed { hash, key })
+    }
+
+    #[test]
+    fn threads_racing_on_shared_keys_take_exactly_each_burst() {
+        // The clock stands still: every key admits its burst and nothing more, however the
+        // threads' compare-exchanges interleave under the shards' read locks.
+        const BURST: u32 = 200;
+        const KEYS: u64 = 16;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let limiter = KeyedRateLimiter::new(quota(BURST, Duration::from_secs(1)));
+        let admitted: Vec<AtomicU32> = (0..KEYS).map(|_| AtomicU32::new(0)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                let (limiter, admitted, handle) = (&limiter, &admitted, runtime.handle());
+                scope.spawn(move || {
+                    let _clock = handle.enter();
+                    for round in 0..BURST as u64 * 2 {
+                        for key in 0..KEYS {
+                            let key = (key + round) % KEYS;
+                            if limiter.check(key).is_ok() {
+                                admitted[key as usize].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        for (key, count) in admitted.iter().enumerate() {
+            assert_eq!(count.load(Ordering::Relaxed), BURST, "key {key}");
+        }
+        assert!((0..KEYS).all(|key| is_whole(&limiter, key)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_changes_form_with_the_quota_and_keeps_what_it_took() {
+        let ten_per_second = quota(10, Duration::from_secs(1));
+        let limiter = KeyedRateLimiter::new(ten_per_second);
+        assert!(limiter.check(7).is_ok());
+        assert!(is_whole(&limiter, 7), "a whole interval: one atomic");
+        // A third of a second per unit: the state takes a fraction of a nanosecond.
+        limiter.set_quota(quota(3, Duration::from_secs(1))).unwrap();
+        assert!(limiter.check(7).is_ok());
+        assert!(!is_whole(&limiter, 7));
+        // Back to a whole interval: 433.3 ms of the second's capacity are taken, so 5 more
+        // units of 100 ms fit, and the state keeps its fraction meanwhile.
+        limiter.set_quota(ten_per_second).unwrap();
+        let admitted = (0..10).filter(|_| limiter.check(7).is_ok()).count();
+        assert_eq!(admitted, 5);
+        assert!(!is_whole(&limiter, 7));
+        // Once its time is past, the state is whole again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(limiter.check(7).is_ok());
+        assert!(is_whole(&limiter, 7));
+        assert_eq!(limiter.snapshot(7).unwrap().remaining(), 9);
     }
 }
