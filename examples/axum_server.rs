@@ -179,6 +179,10 @@ async fn run() -> Result<ExitCode, Error> {
     // The `load` example reads this line: keep its shape.
     println!("listening on http://{addr} ({mode})");
 
+    // `with_state` turns every handler into a route once, here, as `axum::serve` does
+    // (through `into_make_service`); a `Router` served as it is would do that on every
+    // request, and apply the layers to the handler again each time.
+    let app = app.with_state(());
     let server = tokio::spawn(serve(listener, app, &shutdown).into_future());
     let report = shutdown.run().await?;
     if let Err(error) = server.await {

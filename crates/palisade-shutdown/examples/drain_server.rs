@@ -147,7 +147,7 @@ async fn serve_until_done() -> u8 {
     let app = ServiceBuilder::new()
         .layer(shutdown.http_layer())
         .layer(shutdown.catch_panic_layer())
-        .service(app);
+        .service(app.with_state(()));
 
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => listener,

@@ -104,6 +104,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// pause, unless the error concerned only the connection being accepted).
 ///
 /// The service is cloned for each connection, and hyper calls it once it is ready.
+///
+/// An axum `Router` should be finished with `with_state(())` (or the state it needs) before
+/// it is served, as `axum::serve` does through `into_make_service`: served as it is, axum
+/// turns each handler into a route again on every request (and applies the router's layers
+/// to it each time).
 pub fn serve<S, B>(listener: TcpListener, service: S, shutdown: &Shutdown) -> Serve<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
