@@ -11,13 +11,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use portable_atomic::AtomicU128;
 
 use crate::decision::{Limited, Snapshot};
-use crate::limiter::{Params, Span};
+use crate::limiter::{MAX_CAPACITY, Params, Span};
 
 /// Which algorithm a limiter runs. All of them admit weighted requests.
 ///
 /// | algorithm | state | admits | memory |
 /// |---|---|---|---|
-/// | [`Gcra`](Self::Gcra) (default) | one 64-bit atomic (a whole-nanosecond interval) or a 128-bit one (any other), lock-free (on x86-64 and AArch64) | `burst` at once, then one unit per `window / count` | 32 bytes |
+/// | [`Gcra`](Self::Gcra) (default) | one 64-bit atomic (a whole-nanosecond interval) or a 128-bit one (any other), lock-free (on x86-64 and AArch64) | `burst` at once, then one unit per `window / count` | 128 bytes (a cache-line pair of its own); a key in a keyed limiter: 8 bytes under a whole-nanosecond interval, 32 otherwise |
 /// | [`TokenBucket`](Self::TokenBucket) | level + time behind a mutex | the same as GCRA | 16 bytes |
 /// | [`SlidingWindowLog`](Self::SlidingWindowLog) | one timestamp per admission | `count` in any window of length `window` | up to `count` entries |
 /// | [`SlidingWindowCounter`](Self::SlidingWindowCounter) | two counters | `count` by a weighted estimate over the last window | 24 bytes |
@@ -293,7 +293,12 @@ fn over(params: &Params, used: Span, held: Span) -> Limited {
 ///
 /// A limit starts in the form its quota needs and moves from whole to exact, once, when its
 /// quota changes to one with a fractional interval (and stays exact after).
+///
+/// Aligned to 128 bytes, so the two atomics have their cache line (and the neighbour x86
+/// cores may fetch with it) to themselves: every admitted check writes the line, and the
+/// quota and clock the checks read beside it would otherwise travel between cores with it.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Gcra {
     whole: AtomicU64,
     exact: AtomicU128,
@@ -301,7 +306,7 @@ pub(crate) struct Gcra {
 
 /// `Gcra::whole` once the time lives in `Gcra::exact`. A whole time never has this bit (it is
 /// clamped below it: 292 years of nanoseconds).
-const EXACT: u64 = 1 << 63;
+pub(crate) const EXACT: u64 = 1 << 63;
 
 /// GCRA's decision from the theoretical arrival time `tat`: the time taken after the check.
 #[inline(always)]
@@ -370,26 +375,33 @@ impl Gcra {
 
     /// Takes one unit of `span` whole nanoseconds against a capacity of `capacity`
     /// nanoseconds at `now`, if the time is in its whole form and the limit holds it: the
-    /// layer's common case, with none of the quota's other words. `false` (having taken
-    /// nothing) if refused or exact: the caller then checks in full.
+    /// common case, with none of the quota's other words. The capacity then taken, in
+    /// nanoseconds (what `gcra_whole` returns); `None` (having taken nothing) if refused,
+    /// exact, or `now` is 146 years from the start: the caller then checks in full.
+    ///
+    /// `gcra_whole` and the update in `check`, rearranged so that little lies between
+    /// reading the time and writing it back: the next time is `max(tat, now) + span`, admitted
+    /// if it is at most `now + capacity`. With `now` and `capacity` below 2⁶² and `span`
+    /// below 2⁵⁶, nothing overflows, the bound is below [`EXACT`] (so an admitted time keeps
+    /// the bit clear, as the clamp in `check` does), and a time of [`EXACT`] always exceeds
+    /// it.
     #[inline(always)]
-    pub(crate) fn take_whole(&self, now: u64, span: u64, capacity: u64) -> bool {
+    pub(crate) fn take_whole(&self, now: u64, span: u64, capacity: u64) -> Option<u64> {
+        if now >= MAX_CAPACITY {
+            return None;
+        }
+        let bound = now + capacity;
         let mut tat = self.whole.load(Ordering::Acquire);
         loop {
-            if tat & EXACT != 0 {
-                return false;
+            let next = tat.max(now) + span;
+            if next > bound {
+                return None;
             }
-            // As in `gcra_whole`: both below 2⁶³, no overflow.
-            let used = tat.saturating_sub(now) + span;
-            if used > capacity {
-                return false;
-            }
-            let next = now.saturating_add(used).min(EXACT - 1);
             match self
                 .whole
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return true,
+                Ok(_) => return Some(next - now),
                 Err(actual) => tat = actual,
             }
         }
@@ -416,6 +428,21 @@ impl Gcra {
                 Err(actual) => tat = actual,
             }
         }
+    }
+
+    /// A limit whose time is `whole` (in its whole form, or [`EXACT`]).
+    #[cfg(test)]
+    pub(crate) fn with_time(whole: u64) -> Self {
+        Self {
+            whole: AtomicU64::new(whole),
+            exact: AtomicU128::new(0),
+        }
+    }
+
+    /// The time in its whole form (or [`EXACT`]).
+    #[cfg(test)]
+    pub(crate) fn time(&self) -> u64 {
+        self.whole.load(Ordering::Acquire)
     }
 
     /// The exact form: a compare-exchange loop on the 128-bit time.

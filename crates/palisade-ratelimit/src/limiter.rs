@@ -19,8 +19,8 @@ pub const MAX_LOG_ENTRIES: u32 = 1 << 16;
 /// from overflow.
 pub(crate) const MAX_CAPACITY: u64 = 1 << 62;
 
-/// How many words [`Params`] takes in a [`ParamsCell`].
-const WORDS: usize = 6;
+/// How many words [`Params`] and its [`Unit`] take in a [`ParamsCell`].
+const WORDS: usize = 7;
 
 /// An exact time for the continuous algorithms: `ns + frac / count` nanoseconds, with
 /// `frac < count` (of the quota it was computed under). Keeping the fraction keeps the rate
@@ -176,13 +176,7 @@ impl Params {
     #[inline]
     pub(crate) fn units(&self, span: Span) -> u32 {
         let units = if self.remainder == 0 {
-            let nanos = span.ns;
-            let estimate = ((u128::from(nanos) * u128::from(self.reciprocal)) >> 64) as u64;
-            if (estimate + 1) * self.interval <= nanos {
-                estimate + 1
-            } else {
-                estimate
-            }
+            divide(span.ns, self.interval, self.reciprocal)
         } else {
             let scaled = u128::from(span.ns) * u128::from(self.count) + u128::from(span.frac);
             u64::try_from(scaled / u128::from(self.window)).unwrap_or(u64::MAX)
@@ -226,29 +220,82 @@ impl Params {
         }
     }
 
+    /// The words a [`ParamsCell`] holds: the [`Unit`] first (words 0 to 3), then the rest
+    /// of the quota (words 1 to 6 make the [`Params`]).
     fn words(&self) -> [u64; WORDS] {
         [
+            // A window is at most `MAX_WINDOW` (below 2⁵⁵ nanoseconds): the check is for
+            // `Gcra::take_whole`'s arithmetic, which needs the span below 2⁵⁶.
+            if self.is_whole() && self.interval < 1 << 56 {
+                self.interval
+            } else {
+                0
+            },
+            self.capacity.ns,
+            self.reciprocal,
             u64::from(self.count) << 32 | u64::from(self.burst),
             self.window,
             self.interval,
             u64::from(self.remainder) << 32 | u64::from(self.capacity.frac),
-            self.capacity.ns,
-            self.reciprocal,
         ]
     }
 
-    fn from_words(words: [u64; WORDS]) -> Self {
+    fn from_words(words: [u64; 6]) -> Self {
+        let [capacity, reciprocal, counts, window, interval, fractions] = words;
         Self {
-            count: (words[0] >> 32) as u32,
-            burst: words[0] as u32,
-            window: words[1],
-            interval: words[2],
-            remainder: (words[3] >> 32) as u32,
+            count: (counts >> 32) as u32,
+            burst: counts as u32,
+            window,
+            interval,
+            remainder: (fractions >> 32) as u32,
             capacity: Span {
-                ns: words[4],
-                frac: words[3] as u32,
+                ns: capacity,
+                frac: fractions as u32,
             },
-            reciprocal: words[5],
+            reciprocal,
+        }
+    }
+}
+
+/// `nanos / interval`, rounded down, by a multiplication by `reciprocal` (`u64::MAX /
+/// interval`): the quotient is exact or one short, and `nanos` is far below 2⁶⁴, so one
+/// correction makes it exact.
+#[inline(always)]
+fn divide(nanos: u64, interval: u64, reciprocal: u64) -> u64 {
+    let estimate = ((u128::from(nanos) * u128::from(reciprocal)) >> 64) as u64;
+    if (estimate + 1) * interval <= nanos {
+        estimate + 1
+    } else {
+        estimate
+    }
+}
+
+/// What a GCRA check of one unit under a whole-nanosecond interval needs of the quota (four
+/// words of a [`ParamsCell`]): the common case, decided and reported without the rest.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unit {
+    /// One unit's span, `Params::span(1)`, in whole nanoseconds (at least one, below 2⁵⁶).
+    pub(crate) span: u64,
+    /// The capacity, in whole nanoseconds: also `Params::policy_window` (the window when the
+    /// burst is the count, as the capacity then is; else the capacity, which has no fraction
+    /// here).
+    pub(crate) capacity: u64,
+    reciprocal: u64,
+    /// The burst: `Params::policy_limit`, which is the count only when they are equal.
+    limit: u32,
+}
+
+impl Unit {
+    /// The snapshot `continuous` makes after a check that left `used` (at most the capacity)
+    /// of it taken: the same numbers, as the capacity has no fraction.
+    #[inline(always)]
+    pub(crate) fn snapshot(&self, used: u64) -> Snapshot {
+        let units = divide(self.capacity - used, self.span, self.reciprocal);
+        Snapshot {
+            limit: self.limit,
+            remaining: u32::try_from(units).unwrap_or(u32::MAX),
+            window_nanos: self.capacity,
+            reset_nanos: used,
         }
     }
 }
@@ -280,12 +327,12 @@ impl ParamsCell {
                 continue;
             }
             let words = [
-                self.words[0].load(Ordering::Relaxed),
                 self.words[1].load(Ordering::Relaxed),
                 self.words[2].load(Ordering::Relaxed),
                 self.words[3].load(Ordering::Relaxed),
                 self.words[4].load(Ordering::Relaxed),
                 self.words[5].load(Ordering::Relaxed),
+                self.words[6].load(Ordering::Relaxed),
             ];
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
@@ -294,8 +341,31 @@ impl ParamsCell {
         }
     }
 
-    /// One unit's span and the capacity, in nanoseconds, when the interval is whole
-    /// (`Params::span(1)` and `capacity.ns`, from three of the words); `None` when it is not.
+    /// The [`Unit`] when the interval is whole (four of the words); `None` when it is not.
+    #[inline(always)]
+    fn load_unit(&self) -> Option<Unit> {
+        loop {
+            let before = self.sequence.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let unit = Unit {
+                span: self.words[0].load(Ordering::Relaxed),
+                capacity: self.words[1].load(Ordering::Relaxed),
+                reciprocal: self.words[2].load(Ordering::Relaxed),
+                limit: self.words[3].load(Ordering::Relaxed) as u32,
+            };
+            fence(Ordering::Acquire);
+            if self.sequence.load(Ordering::Relaxed) == before {
+                // A whole interval is at least a nanosecond.
+                return (unit.span != 0).then_some(unit);
+            }
+        }
+    }
+
+    /// One unit's span and the capacity, in whole nanoseconds, when the interval is whole
+    /// (two of the words); `None` when it is not.
     #[inline(always)]
     fn load_unit_span(&self) -> Option<(u64, u64)> {
         loop {
@@ -304,12 +374,11 @@ impl ParamsCell {
                 std::hint::spin_loop();
                 continue;
             }
-            let interval = self.words[2].load(Ordering::Relaxed);
-            let remainder = self.words[3].load(Ordering::Relaxed) >> 32;
-            let capacity = self.words[4].load(Ordering::Relaxed);
+            let span = self.words[0].load(Ordering::Relaxed);
+            let capacity = self.words[1].load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
-                return (remainder == 0).then_some((interval.min(MAX_CAPACITY + 1), capacity));
+                return (span != 0).then_some((span, capacity));
             }
         }
     }
@@ -381,7 +450,7 @@ impl Limiter {
         if cost == 1
             && let State::Gcra(gcra) = &self.state
             && let Some((span, capacity)) = self.params.load_unit_span()
-            && gcra.take_whole(self.now(), span, capacity)
+            && gcra.take_whole(self.now(), span, capacity).is_some()
         {
             return Ok(());
         }
@@ -399,8 +468,24 @@ impl Limiter {
     /// Checks one unit now: every limiter holds at least one, so only the limit can refuse.
     #[inline(always)]
     pub(crate) fn check_one(&self) -> Result<Snapshot, Limited> {
+        // The clock first: its call then leaves no quota word to keep across it. The common
+        // case, an admitted unit of a whole-nanosecond GCRA, reads four of the quota's words
+        // and computes the snapshot from them.
+        let now = self.now();
+        if let State::Gcra(gcra) = &self.state
+            && let Some(unit) = self.params.load_unit()
+            && let Some(used) = gcra.take_whole(now, unit.span, unit.capacity)
+        {
+            return Ok(unit.snapshot(used));
+        }
+        self.check_one_at(now)
+    }
+
+    /// `check_one` in full at `now`: any algorithm, and refusals.
+    #[inline(never)]
+    fn check_one_at(&self, now: u64) -> Result<Snapshot, Limited> {
         let params = self.params.load();
-        self.state.check(&params, self.now(), 1, true)
+        self.state.check(&params, now, 1, true)
     }
 
     pub(crate) fn quota(&self) -> Quota {
@@ -638,6 +723,7 @@ mod tests {
 #[cfg(test)]
 mod params_tests {
     use super::*;
+    use crate::algorithm::{EXACT, Gcra};
     use proptest::prelude::*;
 
     proptest! {
@@ -684,6 +770,137 @@ mod params_tests {
             }
             prop_assert_eq!(sa.ceil(), u64::try_from(scaled(sa).div_ceil(u128::from(count))).unwrap());
         }
+    }
+
+    /// A whole-interval quota, its time (at the edge of admitting, around `now`, anywhere
+    /// within a few capacities of it, anywhere, or [`EXACT`]) and `now` (small, or anywhere
+    /// up to `u64::MAX`).
+    fn whole_case() -> impl Strategy<Value = (Quota, u64, u64)> {
+        (1u32..=1_000)
+            .prop_flat_map(|count| {
+                (
+                    Just(count),
+                    prop_oneof![1u64..=4, 1..=MAX_WINDOW_NANOS / u64::from(count)],
+                    prop_oneof![1u32..=4, 1u32..=u32::MAX],
+                    prop_oneof![
+                        0u64..1 << 40,
+                        any::<u64>(),
+                        MAX_CAPACITY - 2..MAX_CAPACITY + 2
+                    ],
+                    0u8..5,
+                    -2i64..=2,
+                    -3.0f64..3.0,
+                )
+            })
+            .prop_map(|(count, interval, burst, now, kind, step, offset)| {
+                let quota = Quota::new(
+                    NonZeroU32::new(count).unwrap(),
+                    Duration::from_nanos(u64::from(count) * interval),
+                )
+                .unwrap()
+                .allow_burst(NonZeroU32::new(burst).unwrap());
+                let params = Params::new(&quota);
+                let (capacity, span) = (params.capacity.ns, params.span(1).ns);
+                let tat = match kind {
+                    0 => (i128::from(now) + i128::from(capacity) - i128::from(span)
+                        + i128::from(step))
+                    .clamp(0, i128::from(EXACT - 1)) as u64,
+                    1 => now.saturating_add_signed(step).min(EXACT - 1),
+                    2 => ((now as f64 + offset * capacity as f64).max(0.0) as u64).min(EXACT - 1),
+                    3 => now % EXACT,
+                    _ => EXACT,
+                };
+                (quota, tat, now)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_unit_is_decided_and_reported_as_the_full_check_decides_it(
+            (quota, tat, now) in whole_case()
+        ) {
+            let params = Params::new(&quota);
+            let unit = ParamsCell::new(&params).load_unit().expect("a whole interval");
+            prop_assert_eq!(unit.span, params.span(1).ns);
+            prop_assert_eq!(unit.capacity, params.capacity.ns);
+            let full = State::Gcra(Gcra::with_time(tat));
+            let expected = full.check(&params, now, 1, true);
+            let fast = Gcra::with_time(tat);
+            match fast.take_whole(now, unit.span, unit.capacity) {
+                Some(used) => {
+                    prop_assert_eq!(Ok(unit.snapshot(used)), expected);
+                    let State::Gcra(full) = &full else { unreachable!() };
+                    prop_assert_eq!(fast.time(), full.time());
+                }
+                None => {
+                    // Left to the full check: refused, exact, or 146 years from the start.
+                    prop_assert!(expected.is_err() || tat == EXACT || now >= MAX_CAPACITY);
+                    prop_assert_eq!(fast.time(), tat);
+                }
+            }
+        }
+
+        #[test]
+        fn a_fractional_interval_has_no_unit(count in 2u32..=1_000_000, window in 1u64..=1 << 40) {
+            let quota = Quota::new(NonZeroU32::new(count).unwrap(), Duration::from_nanos(window)).unwrap();
+            let params = Params::new(&quota);
+            let unit = ParamsCell::new(&params).load_unit();
+            prop_assert_eq!(unit.is_some(), window % u64::from(count) == 0);
+        }
+
+        #[test]
+        fn check_decides_as_check_n_of_one_across_quota_changes(
+            steps in proptest::collection::vec(
+                prop_oneof![
+                    4 => (0u64..2_000_000).prop_map(Step::Wait),
+                    8 => Just(Step::Check),
+                    1 => (0usize..4).prop_map(Step::SetQuota),
+                ],
+                1..200,
+            )
+        ) {
+            // Whole intervals (1 ms, 400 µs) and fractional ones (1/3 ms, 1/7 ms).
+            let nz = |n| NonZeroU32::new(n).unwrap();
+            let quotas = [
+                Quota::per_second(nz(1_000)).allow_burst(nz(3)),
+                Quota::per_second(nz(3_000)).allow_burst(nz(2)),
+                Quota::per_second(nz(2_500)),
+                Quota::per_second(nz(7_000)).allow_burst(nz(5)),
+            ];
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let one = RateLimiter::new(quotas[0]);
+                let n = RateLimiter::new(quotas[0]);
+                for step in steps {
+                    match step {
+                        Step::Wait(nanos) => {
+                            tokio::time::advance(Duration::from_nanos(nanos)).await;
+                        }
+                        Step::Check => {
+                            let expected = n.check_n(1);
+                            prop_assert_eq!(one.check().map_err(Refusal::Limited), expected);
+                        }
+                        Step::SetQuota(i) => {
+                            one.set_quota(quotas[i]).unwrap();
+                            n.set_quota(quotas[i]).unwrap();
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    /// A step of `check_decides_as_check_n_of_one_across_quota_changes`.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Wait(u64),
+        Check,
+        SetQuota(usize),
     }
 
     #[test]
