@@ -1,24 +1,25 @@
 //! Keyed limits: one limit per key (client IP, API key, tenant), in a bounded map whose
 //! idle keys are forgotten.
 //!
-//! The map is split into shards, each a `HashMap` behind its own reader-writer lock, so
-//! threads working on different keys rarely meet. A call hashes its key once and locks one
-//! shard, never across an inner call or an `.await`. A GCRA limit under a whole-nanosecond
-//! quota (the common case) lives in one atomic per key: a check of a tracked key takes the
-//! shard's *read* lock and updates that atomic by compare-exchange, so threads checking keys
-//! of the same shard do not wait for each other (governor's keyed limiter works the same
-//! way). Every other state, a new key and a sweep take the *write* lock, under which the
-//! algorithm's arithmetic needs no atomics.
+//! The map is split into shards, each a hash table behind its own reader-writer lock, so
+//! threads working on different keys rarely meet. A call hashes its key once (the hash picks
+//! the shard and the slot in its table) and locks one shard, never across an inner call or
+//! an `.await`. A GCRA limit under a whole-nanosecond quota (the common case) lives in one
+//! atomic per key: a check of a tracked key takes the shard's *read* lock and updates that
+//! atomic by compare-exchange, so threads checking keys of the same shard do not wait for
+//! each other (governor's keyed limiter works the same way). Every other state, a new key
+//! and a sweep take the *write* lock, under which the algorithm's arithmetic needs no
+//! atomics.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use palisade_core::reject::Overloaded;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -133,45 +134,11 @@ impl AtCapacity {
     }
 }
 
-/// A key with its hash, so the map does not hash it again.
+/// A key with its hash, computed once per call: it picks the shard and the slot in the
+/// shard's table (which does not store it).
 struct Hashed<K> {
     hash: u64,
     key: K,
-}
-
-impl<K> Hash for Hashed<K> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-impl<K: PartialEq> PartialEq for Hashed<K> {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.key == other.key
-    }
-}
-
-impl<K: Eq> Eq for Hashed<K> {}
-
-/// Hands the precomputed hash through.
-#[derive(Default)]
-struct Passthrough(u64);
-
-impl Hasher for Passthrough {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; anything else still hashes, just slowly.
-        for &byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// Decides a check of a GCRA limit held in one atomic, its theoretical arrival time in whole
@@ -208,7 +175,10 @@ fn check_whole(
     }
 }
 
-type Map<K, V> = HashMap<Hashed<K>, V, BuildHasherDefault<Passthrough>>;
+/// The hash of an entry's key, for a table that grows: the hasher of every lookup.
+fn rehash<K: Hash, V>(hasher: &RandomState) -> impl Fn(&(K, V)) -> u64 + '_ {
+    move |(key, _)| hasher.hash_one(key)
+}
 
 /// One shard, on its own cache lines.
 #[repr(align(128))]
@@ -216,15 +186,18 @@ struct Shard<K> {
     inner: RwLock<ShardInner<K>>,
 }
 
-/// A shard's keys. Each key is in one of the two maps.
+/// A shard's keys. Each key is in one of the two tables, both looked up by the hash the
+/// call computed once (the tables do not store it) and grown by rehashing keys with the
+/// same hasher.
 struct ShardInner<K> {
     /// GCRA limits in whole nanoseconds while the quota's interval is whole (the common
     /// case): the theoretical arrival time in one atomic, checked under the read lock. Eight
-    /// bytes a key beside the key and its hash: the map stays small enough for the caches.
-    whole: Map<K, AtomicU64>,
+    /// bytes beside the key (16 for a `u64` key, as governor): the table stays small enough
+    /// for the caches.
+    whole: HashTable<(K, AtomicU64)>,
     /// Every other state (other algorithms, GCRA with a fraction of a nanosecond): checked
     /// under the write lock.
-    owned: Map<K, Owned>,
+    owned: HashTable<(K, Owned)>,
     /// The next periodic sweep, in the limiter's nanoseconds.
     next_sweep: u64,
     /// The last sweep.
@@ -247,51 +220,55 @@ impl<K: Hash + Eq> ShardInner<K> {
         self.whole.len() + self.owned.len()
     }
 
-    /// Keeps `key`'s `state` in the map its form belongs to.
-    fn put(&mut self, key: Hashed<K>, state: Owned, params: &Params) {
+    /// Keeps the `state` of `key` (not tracked yet) in the table its form belongs to.
+    fn put(&mut self, hasher: &RandomState, key: Hashed<K>, state: Owned, params: &Params) {
+        let Hashed { hash, key } = key;
         match state {
             Owned::Gcra(tat) if tat.frac == 0 && params.is_whole() => {
-                self.whole.insert(key, AtomicU64::new(tat.ns));
+                let entry = (key, AtomicU64::new(tat.ns));
+                self.whole.insert_unique(hash, entry, rehash(hasher));
             }
             state => {
-                self.owned.insert(key, state);
+                self.owned.insert_unique(hash, (key, state), rehash(hasher));
             }
         }
     }
 
-    /// Decides a check of a tracked key under the write lock, moving its state to the map
+    /// Decides a check of a tracked key under the write lock, moving its state to the table
     /// its new form belongs to; `None` if the key is not tracked.
     fn check(
         &mut self,
+        hasher: &RandomState,
         key: &Hashed<K>,
         params: &Params,
         now: u64,
         cost: u32,
         consume: bool,
     ) -> Option<Result<Snapshot, Limited>> {
-        if let Some(tat) = self.whole.get_mut(key) {
-            let mut state = Owned::Gcra(Span::nanos(*tat.get_mut()));
+        let Hashed { hash, ref key } = *key;
+        if let Ok(mut entry) = self.whole.find_entry(hash, |(k, _)| k == key) {
+            let tat = entry.get_mut().1.get_mut();
+            let mut state = Owned::Gcra(Span::nanos(*tat));
             let decision = state.check(params, now, cost, consume);
             match state {
-                Owned::Gcra(next) if next.frac == 0 && params.is_whole() => {
-                    *tat.get_mut() = next.ns;
-                }
+                Owned::Gcra(next) if next.frac == 0 && params.is_whole() => *tat = next.ns,
                 state => {
-                    if let Some((key, _)) = self.whole.remove_entry(key) {
-                        self.owned.insert(key, state);
-                    }
+                    let ((key, _), _) = entry.remove();
+                    self.owned.insert_unique(hash, (key, state), rehash(hasher));
                 }
             }
             return Some(decision);
         }
-        let state = self.owned.get_mut(key)?;
+        let mut entry = self.owned.find_entry(hash, |(k, _)| k == key).ok()?;
+        let state = &mut entry.get_mut().1;
         let decision = state.check(params, now, cost, consume);
         if let Owned::Gcra(tat) = *state
             && tat.frac == 0
             && params.is_whole()
-            && let Some((key, _)) = self.owned.remove_entry(key)
         {
-            self.whole.insert(key, AtomicU64::new(tat.ns));
+            let ((key, _), _) = entry.remove();
+            let entry = (key, AtomicU64::new(tat.ns));
+            self.whole.insert_unique(hash, entry, rehash(hasher));
         }
         Some(decision)
     }
@@ -346,8 +323,8 @@ impl<K: Hash + Eq> Keyed<K> {
         let shards = (0..shard_count())
             .map(|_| Shard {
                 inner: RwLock::new(ShardInner {
-                    whole: Map::default(),
-                    owned: Map::default(),
+                    whole: HashTable::new(),
+                    owned: HashTable::new(),
                     next_sweep: 0,
                     last_sweep: 0,
                     first_idle: u64::MAX,
@@ -373,7 +350,8 @@ impl<K: Hash + Eq> Keyed<K> {
 
     #[inline]
     fn shard(&self, hash: u64) -> &RwLock<ShardInner<K>> {
-        // The middle bits: the map itself uses the low ones (bucket) and the top seven (tag).
+        // The middle bits: the table itself uses the low ones (bucket) and the top seven
+        // (tag).
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         &self.shards[index].inner
     }
@@ -384,12 +362,14 @@ impl<K: Hash + Eq> Keyed<K> {
         let params = self.limiter.params();
         self.limiter.fits(&params, cost)?;
         let now = self.limiter.now();
-        let hash = self.hasher.hash_one(&key);
-        let key = Hashed { hash, key };
+        let key = Hashed {
+            hash: self.hasher.hash_one(&key),
+            key,
+        };
         if self.shared && params.is_whole() {
-            let shard = read(self.shard(hash));
+            let shard = read(self.shard(key.hash));
             if now < shard.next_sweep
-                && let Some(tat) = shard.whole.get(&key)
+                && let Some((_, tat)) = shard.whole.find(key.hash, |(k, _)| *k == key.key)
                 && let Some(decision) = check_whole(tat, &params, now, cost)
             {
                 return decision.map_err(Refusal::from);
@@ -414,7 +394,7 @@ impl<K: Hash + Eq> Keyed<K> {
             if now >= shard.next_sweep {
                 self.sweep(shard, params, now, &mut outcome);
             }
-            if let Some(decision) = shard.check(&key, params, now, cost, true) {
+            if let Some(decision) = shard.check(&self.hasher, &key, params, now, cost, true) {
                 decision.map_err(Refusal::from)
             } else {
                 self.check_new(shard, key, params, now, cost, &mut outcome)
@@ -461,7 +441,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let mut state = Owned::new(self.limiter.algorithm(), params);
         let decision = state.check(params, now, cost, true);
         shard.first_idle = shard.first_idle.min(state.idle_at(params));
-        shard.put(key, state, params);
+        shard.put(&self.hasher, key, state, params);
         Ok(decision?)
     }
 
@@ -480,7 +460,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let before = shard.len();
         let mut first_idle = u64::MAX;
         // A whole arrival time is the time the limit is full again.
-        shard.whole.retain(|_, tat| {
+        shard.whole.retain(|(_, tat)| {
             let idle_at = *tat.get_mut();
             if idle_at <= now {
                 return false;
@@ -488,7 +468,7 @@ impl<K: Hash + Eq> Keyed<K> {
             first_idle = first_idle.min(idle_at);
             true
         });
-        shard.owned.retain(|_, state| {
+        shard.owned.retain(|(_, state)| {
             let idle_at = state.idle_at(params);
             if idle_at <= now {
                 return false;
@@ -570,7 +550,7 @@ impl<K: Hash + Eq> Keyed<K> {
         let hash = self.hasher.hash_one(&key);
         let mut shard = write(self.shard(hash));
         Some(
-            match shard.check(&Hashed { hash, key }, &params, now, 0, false)? {
+            match shard.check(&self.hasher, &Hashed { hash, key }, &params, now, 0, false)? {
                 Ok(snapshot) => snapshot,
                 Err(limited) => limited.snapshot,
             },
@@ -604,9 +584,9 @@ impl<K: Hash + Eq> Keyed<K> {
 ///   still no room, [`AtCapacity`] decides: the shared overflow limit (default) or a
 ///   refusal. No key is forgotten before it is idle.
 ///
-/// Each key costs its entry in a `HashMap`: the key, its hash (8 bytes) and the
-/// algorithm's state: 8 bytes for GCRA under a quota whose interval is a whole number of
-/// nanoseconds (24 bytes in all for a `u64` key), else 32 bytes; plus the map's spare room.
+/// Each key costs its entry in a hash table: the key and the algorithm's state, 8 bytes for
+/// GCRA under a quota whose interval is a whole number of nanoseconds (16 bytes in all for a
+/// `u64` key), else 32 bytes; plus the table's spare room and one control byte.
 ///
 /// # Example
 ///
@@ -1018,7 +998,7 @@ mod tests {
         let keyed = &limiter.keyed;
         let hash = keyed.hasher.hash_one(key);
         let shard = super::read(keyed.shard(hash));
-        shard.whole.contains_key(&super::Hashed { hash, key })
+        shard.whole.find(hash, |(k, _)| *k == key).is_some()
     }
 
     #[test]
