@@ -297,6 +297,28 @@ fn over(params: &Params, used: Span, held: Span) -> Limited {
 /// Aligned to 128 bytes, so the two atomics have their cache line (and the neighbour x86
 /// cores may fetch with it) to themselves: every admitted check writes the line, and the
 /// quota and clock the checks read beside it would otherwise travel between cores with it.
+/// Takes one unit's `span` from a whole-nanosecond arrival time `tat` at `now` if the
+/// result is at most `now + capacity` (see [`Gcra::take_whole`]); the capacity then taken.
+/// Also the keyed limiter's hit path, whose keys hold such a time each.
+#[inline(always)]
+pub(crate) fn take_whole(tat: &AtomicU64, now: u64, span: u64, capacity: u64) -> Option<u64> {
+    if now >= MAX_CAPACITY {
+        return None;
+    }
+    let bound = now + capacity;
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let next = current.max(now) + span;
+        if next > bound {
+            return None;
+        }
+        match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(next - now),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Gcra {
@@ -387,24 +409,7 @@ impl Gcra {
     /// it.
     #[inline(always)]
     pub(crate) fn take_whole(&self, now: u64, span: u64, capacity: u64) -> Option<u64> {
-        if now >= MAX_CAPACITY {
-            return None;
-        }
-        let bound = now + capacity;
-        let mut tat = self.whole.load(Ordering::Acquire);
-        loop {
-            let next = tat.max(now) + span;
-            if next > bound {
-                return None;
-            }
-            match self
-                .whole
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(next - now),
-                Err(actual) => tat = actual,
-            }
-        }
+        take_whole(&self.whole, now, span, capacity)
     }
 
     /// `check` with `consume`, without the snapshot.

@@ -24,7 +24,7 @@ use palisade_core::reject::Overloaded;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::algorithm::{Algorithm, Owned};
+use crate::algorithm::{Algorithm, Owned, take_whole};
 use crate::config::{ConfigError, RateLimitConfig};
 use crate::decision::{KeysExhausted, Limited, Refusal, Snapshot};
 use crate::event::RateLimitEvent;
@@ -357,15 +357,38 @@ impl<K: Hash + Eq> Keyed<K> {
     }
 
     /// Checks `cost` units for `key` now.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check(&self, key: K, cost: u32) -> Result<Snapshot, Refusal> {
+        // The common case, one unit of a tracked key of a whole-nanosecond GCRA that is
+        // admitted: the clock, four quota words, the shard's read lock and one
+        // compare-exchange, the snapshot from those words. Anything else (a refusal too) is
+        // decided in full out of line.
+        if cost == 1 && self.shared {
+            let now = self.limiter.now();
+            if let Some(unit) = self.limiter.unit() {
+                let hash = self.hasher.hash_one(&key);
+                {
+                    let shard = read(self.shard(hash));
+                    if now < shard.next_sweep
+                        && let Some((_, tat)) = shard.whole.find(hash, |(k, _)| *k == key)
+                        && let Some(used) = take_whole(tat, now, unit.span, unit.capacity)
+                    {
+                        return Ok(unit.snapshot(used));
+                    }
+                }
+                return self.check_hashed(Hashed { hash, key }, cost);
+            }
+        }
+        let hash = self.hasher.hash_one(&key);
+        self.check_hashed(Hashed { hash, key }, cost)
+    }
+
+    /// `check` in full, the key hashed.
+    #[inline(never)]
+    fn check_hashed(&self, key: Hashed<K>, cost: u32) -> Result<Snapshot, Refusal> {
         let params = self.limiter.params();
         self.limiter.fits(&params, cost)?;
         let now = self.limiter.now();
-        let key = Hashed {
-            hash: self.hasher.hash_one(&key),
-            key,
-        };
         if self.shared && params.is_whole() {
             let shard = read(self.shard(key.hash));
             if now < shard.next_sweep
@@ -1057,5 +1080,56 @@ mod tests {
         assert!(limiter.check(7).is_ok());
         assert!(is_whole(&limiter, 7));
         assert_eq!(limiter.snapshot(7).unwrap().remaining(), 9);
+    }
+
+    #[test]
+    fn the_inline_hit_path_decides_as_the_full_check() {
+        // Twin limiters, one checked through `check` (whose admitted unit of a tracked key
+        // takes the inline path), the other through the full check; the same times, keys and
+        // quotas give the same snapshots and the same refusals.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let _clock = runtime.enter();
+        let quotas = [
+            quota(10, Duration::from_secs(1)),
+            quota(3, Duration::from_secs(1)).allow_burst(NonZeroU32::new(5).unwrap()),
+            quota(1_000, Duration::from_secs(1)),
+            quota(7, Duration::from_millis(700)),
+            quota(4, Duration::from_secs(2)).allow_burst(NonZeroU32::new(1).unwrap()),
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut admitted = 0;
+        for quota in quotas {
+            let inline = KeyedRateLimiter::<u64>::new(quota);
+            let full = KeyedRateLimiter::<u64>::new(quota);
+            for _ in 0..2_000 {
+                let step = match next() % 4 {
+                    0 => Duration::ZERO,
+                    1 => Duration::from_nanos(next() % 1_000),
+                    2 => Duration::from_micros(next() % 200_000),
+                    _ => Duration::from_millis(next() % 1_500),
+                };
+                runtime.block_on(tokio::time::advance(step));
+                let key = next() % 3;
+                let hashed = super::Hashed {
+                    hash: full.keyed.hasher.hash_one(key),
+                    key,
+                };
+                let a = inline.check(key);
+                let b = full.keyed.check_hashed(hashed, 1);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{quota:?}, key {key}");
+                admitted += u32::from(a.is_ok());
+            }
+        }
+        assert!(admitted > 1_000, "most checks are admitted: {admitted}");
     }
 }

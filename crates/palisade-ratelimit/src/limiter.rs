@@ -492,6 +492,12 @@ impl Limiter {
         self.params.load().quota()
     }
 
+    /// One unit of the current quota when its interval is whole (see [`Unit`]).
+    #[inline(always)]
+    pub(crate) fn unit(&self) -> Option<Unit> {
+        self.params.load_unit()
+    }
+
     /// The current quota, in the algorithms' units.
     #[inline(always)]
     pub(crate) fn params(&self) -> Params {
