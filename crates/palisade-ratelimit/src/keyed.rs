@@ -12,7 +12,7 @@
 //! atomics.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -173,6 +173,15 @@ fn check_whole(
             Err(actual) => current = actual,
         }
     }
+}
+
+/// `hasher.hash_one(key)`, inlined where the hit path needs it (the same hash: `hash_one`
+/// is this, but the compiler keeps it out of line).
+#[inline(always)]
+fn hash_inline<K: Hash>(hasher: &RandomState, key: &K) -> u64 {
+    let mut state = hasher.build_hasher();
+    key.hash(&mut state);
+    state.finish()
 }
 
 /// The hash of an entry's key, for a table that grows: the hasher of every lookup.
@@ -366,7 +375,7 @@ impl<K: Hash + Eq> Keyed<K> {
         if cost == 1 && self.shared {
             let now = self.limiter.now();
             if let Some(unit) = self.limiter.unit() {
-                let hash = self.hasher.hash_one(&key);
+                let hash = hash_inline(&self.hasher, &key);
                 {
                     let shard = read(self.shard(hash));
                     if now < shard.next_sweep
