@@ -178,6 +178,10 @@ fn check_whole(
 /// `hasher.hash_one(key)`, inlined where the hit path needs it (the same hash: `hash_one`
 /// is this, but the compiler keeps it out of line).
 #[inline(always)]
+#[allow(
+    clippy::manual_hash_one,
+    reason = "`hash_one` is not inlined here; this is"
+)]
 fn hash_inline<K: Hash>(hasher: &RandomState, key: &K) -> u64 {
     let mut state = hasher.build_hasher();
     key.hash(&mut state);
