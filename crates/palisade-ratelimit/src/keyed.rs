@@ -376,23 +376,19 @@ impl<K: Hash + Eq> Keyed<K> {
         // admitted: the clock, four quota words, the shard's read lock and one
         // compare-exchange, the snapshot from those words. Anything else (a refusal too) is
         // decided in full out of line.
+        let hash = hash_inline(&self.hasher, &key);
         if cost == 1 && self.shared {
             let now = self.limiter.now();
             if let Some(unit) = self.limiter.unit() {
-                let hash = hash_inline(&self.hasher, &key);
+                let shard = read(self.shard(hash));
+                if now < shard.next_sweep
+                    && let Some((_, tat)) = shard.whole.find(hash, |(k, _)| *k == key)
+                    && let Some(used) = take_whole(tat, now, unit.span, unit.capacity)
                 {
-                    let shard = read(self.shard(hash));
-                    if now < shard.next_sweep
-                        && let Some((_, tat)) = shard.whole.find(hash, |(k, _)| *k == key)
-                        && let Some(used) = take_whole(tat, now, unit.span, unit.capacity)
-                    {
-                        return Ok(unit.snapshot(used));
-                    }
+                    return Ok(unit.snapshot(used));
                 }
-                return self.check_hashed(Hashed { hash, key }, cost);
             }
         }
-        let hash = self.hasher.hash_one(&key);
         self.check_hashed(Hashed { hash, key }, cost)
     }
 
