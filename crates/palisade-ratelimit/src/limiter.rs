@@ -318,69 +318,55 @@ impl ParamsCell {
         }
     }
 
+    /// Runs `read` on the words until no change raced with it (the sequence was even and
+    /// unchanged around it); `read` loads them `Relaxed`.
     #[inline(always)]
-    fn load(&self) -> Params {
+    fn read<T>(&self, read: impl Fn(&[AtomicU64; WORDS]) -> T) -> T {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
             if before & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let words = [
-                self.words[1].load(Ordering::Relaxed),
-                self.words[2].load(Ordering::Relaxed),
-                self.words[3].load(Ordering::Relaxed),
-                self.words[4].load(Ordering::Relaxed),
-                self.words[5].load(Ordering::Relaxed),
-                self.words[6].load(Ordering::Relaxed),
-            ];
+            let value = read(&self.words);
             fence(Ordering::Acquire);
             if self.sequence.load(Ordering::Relaxed) == before {
-                return Params::from_words(words);
+                return value;
             }
         }
+    }
+
+    #[inline(always)]
+    fn load(&self) -> Params {
+        Params::from_words(
+            self.read(|words| [1, 2, 3, 4, 5, 6].map(|i| words[i].load(Ordering::Relaxed))),
+        )
     }
 
     /// The [`Unit`] when the interval is whole (four of the words); `None` when it is not.
     #[inline(always)]
     fn load_unit(&self) -> Option<Unit> {
-        loop {
-            let before = self.sequence.load(Ordering::Acquire);
-            if before & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let unit = Unit {
-                span: self.words[0].load(Ordering::Relaxed),
-                capacity: self.words[1].load(Ordering::Relaxed),
-                reciprocal: self.words[2].load(Ordering::Relaxed),
-                limit: self.words[3].load(Ordering::Relaxed) as u32,
-            };
-            fence(Ordering::Acquire);
-            if self.sequence.load(Ordering::Relaxed) == before {
-                // A whole interval is at least a nanosecond.
-                return (unit.span != 0).then_some(unit);
-            }
-        }
+        let unit = self.read(|words| Unit {
+            span: words[0].load(Ordering::Relaxed),
+            capacity: words[1].load(Ordering::Relaxed),
+            reciprocal: words[2].load(Ordering::Relaxed),
+            limit: words[3].load(Ordering::Relaxed) as u32,
+        });
+        // A whole interval is at least a nanosecond.
+        (unit.span != 0).then_some(unit)
     }
 
     /// One unit's span and the capacity, in whole nanoseconds, when the interval is whole
     /// (two of the words); `None` when it is not.
     #[inline(always)]
     fn load_unit_span(&self) -> Option<(u64, u64)> {
-        loop {
-            let before = self.sequence.load(Ordering::Acquire);
-            if before & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let span = self.words[0].load(Ordering::Relaxed);
-            let capacity = self.words[1].load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.sequence.load(Ordering::Relaxed) == before {
-                return (span != 0).then_some((span, capacity));
-            }
-        }
+        let (span, capacity) = self.read(|words| {
+            (
+                words[0].load(Ordering::Relaxed),
+                words[1].load(Ordering::Relaxed),
+            )
+        });
+        (span != 0).then_some((span, capacity))
     }
 
     /// Publishes `params`, then runs `then` (still holding the writer lock: changes and
